@@ -1,0 +1,32 @@
+# The README's commands. `make demo` and `make test` each do all the set-up they need on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/fsdd/demo.sh
+
+test: install
+	$(BIN)/ruff check asrkit tests bench
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check asrkit tests bench
+	$(BIN)/mypy asrkit
+
+bench: install
+	$(BIN)/python bench/transcribe.py
+
+clean:
+	rm -rf exp/demo .pytest_cache .ruff_cache .mypy_cache

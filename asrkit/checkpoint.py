@@ -1,0 +1,107 @@
+"""Checkpoints: {version, config, tokenizer, feature stats, model, training state}; atomic writes.
+
+Loading never executes code from the file: `torch.load(weights_only=True)` accepts only tensors and
+plain containers, and refuses anything that would need an arbitrary class or function.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asrkit.config import Config, config_from_dict
+from asrkit.data.features import Featurizer
+from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
+from asrkit.errors import AsrkitError
+from asrkit.models import ASRModel, build_model
+
+VERSION = 1
+
+
+@dataclass
+class Loaded:
+    """A checkpoint made usable: everything `transcribe` needs, plus the raw training state."""
+
+    config: Config
+    tokenizer: Tokenizer
+    featurizer: Featurizer
+    model: ASRModel
+    state: dict[str, Any]
+    path: Path
+
+
+def save_checkpoint(path: str | Path, *, config: Config, tokenizer: Tokenizer, featurizer: Featurizer,
+                    model: ASRModel, train_state: dict[str, Any] | None = None) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    payload = {
+        "version": VERSION,
+        "config": config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "features": featurizer.state(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train": train_state or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or an experiment folder (its best.pt, else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise AsrkitError(f"{path} holds no best.pt or last.pt; train a model there with `asrkit train`")
+    if not path.is_file():
+        raise AsrkitError(f"model {path} not found; pass a .pt checkpoint or an experiment folder")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = resolve_checkpoint(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise AsrkitError(f"{path}: refused to load: the file needs code to run to be loaded (not a plain "
+                          f"asrkit checkpoint, possibly malicious): {first[:200]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise AsrkitError(f"{path}: not a readable checkpoint ({str(err).strip()[:200]})") from None
+    if not isinstance(data, dict) or "version" not in data or "model" not in data:
+        raise AsrkitError(f"{path}: not an asrkit checkpoint (no version/model keys)")
+    if data["version"] > VERSION:
+        raise AsrkitError(f"{path}: checkpoint version {data['version']} is newer than this asrkit "
+                          f"(reads up to {VERSION}); upgrade asrkit")
+    return data
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    """Rebuild config, tokenizer, featurizer and model (in eval mode) from a checkpoint file."""
+    resolved = resolve_checkpoint(path)
+    data = read_checkpoint(resolved)
+    config = config_from_dict(data["config"])
+    tokenizer = tokenizer_from_dict(data["tokenizer"])
+    stats = data.get("features") or {}
+    featurizer = Featurizer(config.features, stats.get("mean"), stats.get("std"))
+    model = build_model(config.model, config.features.n_mels, len(tokenizer.vocab))
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as err:
+        raise AsrkitError(f"{resolved}: weights do not match the model its config describes "
+                          f"({str(err)[:200]})") from None
+    model.to(device).eval()
+    return Loaded(config, tokenizer, featurizer, model, data.get("train", {}), resolved)

@@ -1,0 +1,194 @@
+"""The `asrkit` command line. Each command parses and validates, then calls ONE library function.
+
+Heavy modules (torch, torchaudio) are imported inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from asrkit.errors import AsrkitError
+
+app = typer.Typer(help="End-to-end speech recognition: prepare corpora, train, transcribe, evaluate.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+prepare_app = typer.Typer(help="Turn a corpus into JSONL manifests (one per split) in OUT.", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Print an AsrkitError as one line `error: ...` and exit with code 2, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AsrkitError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _print_summary(result: Any) -> None:
+    typer.echo(result.summary())
+    if result.skipped:
+        raise typer.Exit(1)
+
+
+@prepare_app.command("folder")
+@user_errors
+def prepare_folder(
+    corpus_dir: Annotated[Path, typer.Argument(help="Folder of audio files, each with a same-stem .txt transcript.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write <split>.jsonl manifests and skipped.tsv.")],
+    list_file: Annotated[Path | None, typer.Option("--list", help="TSV or CSV of path,text[,speaker] instead of "
+                                                   ".txt files; relative paths are under CORPUS_DIR.")] = None,
+    name: Annotated[str, typer.Option(help="Split name when nothing is held out.")] = "all",
+    dev_fraction: Annotated[float, typer.Option(help="Fraction held out as dev (writes train/dev/test).")] = 0.0,
+    test_fraction: Annotated[float, typer.Option(help="Fraction held out as test.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
+    workers: Annotated[int, typer.Option(help="Threads measuring durations.")] = 4,
+) -> None:
+    """Prepare a folder of audio + text. Exit code 1 when some files were skipped (listed in skipped.tsv)."""
+    from asrkit.prepare import folder
+
+    for frac, opt in ((dev_fraction, "--dev-fraction"), (test_fraction, "--test-fraction")):
+        if not 0.0 <= frac < 1.0:
+            raise AsrkitError(f"{opt} {frac} must be in [0, 1)")
+    _print_summary(folder.prepare(corpus_dir, out_dir, list_file=list_file, name=name, dev_fraction=dev_fraction,
+                                  test_fraction=test_fraction, seed=seed, workers=workers))
+
+
+class FsddSplit(StrEnum):
+    official = "official"
+    speaker = "speaker"
+
+
+@prepare_app.command("fsdd")
+@user_errors
+def prepare_fsdd(
+    corpus_dir: Annotated[Path, typer.Argument(help="FSDD folder (holding recordings/ or the recordings).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write train/dev/test.jsonl (and audio/ if --connected).")],
+    split: Annotated[FsddSplit, typer.Option(help="official: test = takes 0-4 of every digit and speaker; "
+                                             "speaker: test = all of --test-speakers.")] = FsddSplit.official,
+    dev_speakers: Annotated[str, typer.Option(help="Comma-separated speakers whose training takes form a "
+                                              "speaker-disjoint dev split, e.g. 'theo'.")] = "",
+    test_speakers: Annotated[str, typer.Option(help="Comma-separated test speakers (with --split speaker).")] = "",
+    connected: Annotated[bool, typer.Option(help="Concatenate one speaker's recordings into connected-digit "
+                                            "utterances (TIDIGITS style).")] = False,
+    min_digits: Annotated[int, typer.Option(help="Fewest digits per connected utterance.")] = 2,
+    max_digits: Annotated[int, typer.Option(help="Most digits per connected utterance.")] = 5,
+    passes: Annotated[int, typer.Option(help="Times each recording is used in connected utterances.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for grouping and silences.")] = 0,
+    workers: Annotated[int, typer.Option(help="Threads measuring durations.")] = 4,
+) -> None:
+    """Prepare the Free Spoken Digit Dataset (isolated digits or connected digits)."""
+    from asrkit.prepare import fsdd
+
+    if not 1 <= min_digits <= max_digits:
+        raise AsrkitError(f"--min-digits {min_digits} / --max-digits {max_digits}: need 1 <= min <= max")
+    if passes < 1:
+        raise AsrkitError(f"--passes {passes} must be at least 1")
+    _print_summary(fsdd.prepare(corpus_dir, out_dir, split=split.value, dev_speakers=_split_list(dev_speakers),
+                                test_speakers=_split_list(test_speakers), connected=connected,
+                                min_digits=min_digits, max_digits=max_digits, passes=passes, seed=seed,
+                                workers=workers))
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path | None, typer.Argument(help="TOML config (only the keys that differ from defaults); "
+                                                  "omit for the defaults.")] = None,
+    data: Annotated[Path, typer.Option(help="Folder with train.jsonl (and dev.jsonl for dev WER).")] = Path("data"),
+    exp: Annotated[Path, typer.Option(help="Experiment folder: checkpoints, history, TensorBoard logs.")] = Path("exp"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 "
+                                                   "(repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from EXP/last.pt where it stopped.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a model; writes EXP/last.pt and EXP/best.pt (best dev WER)."""
+    from asrkit.config import load_config
+    from asrkit.train import fit
+
+    cfg = load_config(config, set_ or [])
+    result = fit(cfg, data, exp, resume=resume, progress=progress)
+    best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""
+    typer.echo(f"trained {result.steps} steps, {result.epochs} epochs{best}; checkpoints in {exp}")
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    jsonl = "jsonl"
+
+
+@app.command()
+@user_errors
+def transcribe(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels).")],
+    out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="text: 'path<TAB>transcript'; jsonl: text, "
+                                                 "score and word timings.")] = OutputFormat.text,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Files per forward pass.")] = 16,
+) -> None:
+    """Transcribe audio files. Exit code 1 if any file could not be read (the rest are still transcribed)."""
+    from asrkit.transcribe import hypothesis_json
+    from asrkit.transcribe import transcribe as run
+
+    results, failures = run(model, audio, device=device, batch_size=batch_size)
+    lines = [hypothesis_json(p, h) if format == OutputFormat.jsonl else f"{p}\t{h.text}" for p, h in results]
+    text = "".join(line + "\n" for line in lines)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+    for f in failures:
+        typer.echo(f"error: {f.path}: {f.reason}", err=True)
+    if failures:
+        typer.echo(f"{len(failures)} of {len(audio)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    manifest: Annotated[Path, typer.Argument(help="JSONL manifest with reference text.")],
+    report: Annotated[Path | None, typer.Option(help="JSON report: overall and per-utterance errors "
+                                                "[default: <manifest stem>.report.json beside the model].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 16,
+) -> None:
+    """Word and character error rates of a model on a manifest."""
+    from asrkit.checkpoint import resolve_checkpoint
+    from asrkit.transcribe import evaluate as run
+
+    if report is None:
+        report = resolve_checkpoint(model).parent / f"{manifest.stem}.report.json"
+    result = run(model, manifest, report=report, device=device, batch_size=batch_size)
+    typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances; report {report})")
+    for f in result.failures:
+        typer.echo(f"error: {f.path}: {f.reason}", err=True)
+    if result.failures:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,209 @@
+"""Configuration: frozen dataclasses, loaded from TOML plus `--set section.key=value` overrides.
+
+Unknown keys are an error that lists the valid ones. A recipe TOML holds only the overrides it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from asrkit.errors import AsrkitError
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000  # Hz; audio is resampled to this rate
+    n_mels: int = 80  # mel bins
+    win_ms: float = 25.0  # analysis window
+    hop_ms: float = 10.0  # frame shift
+    normalize: bool = True  # mean/variance normalisation with training-set statistics
+    spec_augment: bool = True  # SpecAugment masking while training
+    freq_masks: int = 2  # number of frequency masks
+    freq_mask_width: int = 15  # max width of each frequency mask (bins)
+    time_masks: int = 2  # number of time masks
+    time_mask_width: int = 20  # max width of each time mask (frames)
+    time_mask_ratio: float = 0.1  # a time mask never covers more than this fraction of the utterance
+    noise_prob: float = 0.0  # probability of additive noise (DeepSpeech2) per training utterance
+    noise_snr_db: tuple[float, float] = (10.0, 30.0)  # SNR range for additive noise
+    noise_dir: str = ""  # folder of noise recordings; empty = white noise
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str = "char"  # char | bpe | unigram (the last two via sentencepiece)
+    vocab_size: int = 256  # sentencepiece vocabulary size (without the CTC blank)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = "deepspeech2"  # model family, see asrkit.models.MODELS
+    preset: str = "small"  # small | paper: sizes below are applied on top of the preset's
+    conv_layers: int = 2  # 2-D convolutions over (frequency, time), 1-3
+    conv_channels: int = 32  # channels of every convolution
+    rnn_type: str = "gru"  # gru | lstm
+    rnn_layers: int = 3  # recurrent layers
+    rnn_hidden: int = 256  # hidden units per direction
+    bidirectional: bool = True  # False gives a streaming-capable model
+    norm: str = "batch"  # batch | layer normalisation before each recurrent layer
+    relu_clip: float = 20.0  # clipped ReLU ceiling
+    dropout: float = 0.0  # dropout between recurrent layers
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # passes over the training set
+    max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
+    batch_seconds: float = 120.0  # cap on padded audio seconds per batch (duration-bucketed)
+    max_batch_size: int = 32  # cap on utterances per batch
+    sortagrad: bool = True  # first epoch in order of increasing duration
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum)
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-5  # decoupled (AdamW) or L2 (SGD)
+    warmup_steps: int = 100  # linear warm-up
+    anneal: float = 0.8  # learning rate x anneal after every epoch (DeepSpeech2: 0.8)
+    grad_clip: float = 400.0  # max gradient norm (DeepSpeech2: 400)
+    seed: int = 1234  # seeds python, torch and the sampler
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    num_workers: int = 2  # data-loader worker processes
+    save_every_steps: int = 200  # also write `last` this often inside an epoch (0 = only per epoch)
+    log_every_steps: int = 10  # TensorBoard scalars
+    max_bad_steps: int = 20  # stop after this many consecutive non-finite losses
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    batch_size: int = 16  # utterances per forward pass when transcribing
+
+
+@dataclass(frozen=True)
+class Config:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Model presets: applied before the user's own model keys. "paper" follows DeepSpeech2 (3 conv, 7 biGRU 1280).
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {},
+    "medium": {"conv_layers": 2, "conv_channels": 32, "rnn_layers": 5, "rnn_hidden": 768},
+    "paper": {"conv_layers": 3, "conv_channels": 32, "rnn_layers": 7, "rnn_hidden": 1280},
+}
+
+_SECTIONS: dict[str, type] = {
+    "features": FeatureConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "decode": DecodeConfig,
+}
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Convert a TOML or --set value to the type of the field's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise AsrkitError(f"config {key}: expected true or false, got {value!r}")
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise AsrkitError(f"config {key}: expected a list like [10, 30], got {value!r}") from None
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise AsrkitError(f"config {key}: expected a list of {len(default)} numbers, got {value!r}")
+        return tuple(_coerce(v, d, key) for v, d in zip(value, default, strict=True))
+    for typ in (int, float):
+        if type(default) is typ:
+            try:
+                out = typ(value)
+            except (TypeError, ValueError):
+                raise AsrkitError(f"config {key}: expected {typ.__name__}, got {value!r}") from None
+            if typ is int and isinstance(value, float) and out != value:
+                raise AsrkitError(f"config {key}: expected an integer, got {value!r}")
+            return out
+    if not isinstance(value, str):
+        raise AsrkitError(f"config {key}: expected a string, got {value!r}")
+    return value
+
+
+def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
+    """Build a Config from {section: {key: value}}; unknown sections or keys are errors listing valid ones."""
+    sections: dict[str, Any] = {}
+    for name, values in overrides.items():
+        if name not in _SECTIONS:
+            raise AsrkitError(f"unknown config section [{name}]; valid sections: {', '.join(_SECTIONS)}")
+        if not isinstance(values, dict):
+            raise AsrkitError(f"config [{name}] must be a table of key = value")
+    for name, cls in _SECTIONS.items():
+        values = dict(overrides.get(name, {}))
+        if name == "model":
+            preset = str(values.get("preset", ModelConfig.preset))
+            if preset not in PRESETS:
+                raise AsrkitError(f"unknown model.preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+            values = {**PRESETS[preset], **values}
+        defaults = cls()
+        valid = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in valid:
+                raise AsrkitError(f"unknown config key {name}.{key}; "
+                                  f"valid keys in [{name}]: {', '.join(sorted(valid))}")
+            kwargs[key] = _coerce(value, getattr(defaults, key), f"{name}.{key}")
+        sections[name] = cls(**kwargs)
+    return Config(**sections)
+
+
+def parse_sets(sets: list[str]) -> dict[str, dict[str, Any]]:
+    """Parse ["train.lr=0.01", ...] into {section: {key: value}}; TOML syntax for values where it parses."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise AsrkitError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.0005")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+    """Load a TOML config file (or defaults when None) and apply --set overrides on top."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AsrkitError(f"config file {path} not found; pass a TOML file such as recipes/fsdd/conf/ds2.toml")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise AsrkitError(f"{path}: invalid TOML ({err})") from None
+        for name, section in data.items():
+            if not isinstance(section, dict):
+                raise AsrkitError(f"{path}: top-level key {name!r} must be a section like [train]; "
+                                  f"valid sections: {', '.join(_SECTIONS)}")
+    for name, values in parse_sets(sets or []).items():
+        data.setdefault(name, {}).update(values)
+    return build_config(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a checkpoint (lists become tuples)."""
+    return build_config({k: dict(v) for k, v in data.items()})

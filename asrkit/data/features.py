@@ -1,0 +1,127 @@
+"""Log-mel features, mean/variance normalisation, SpecAugment and additive noise (DeepSpeech2)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from asrkit.config import FeatureConfig
+from asrkit.errors import AsrkitError
+
+LOG_FLOOR = 1e-6
+
+
+class Featurizer:
+    """Waveform (samples,) -> log-mel (T, n_mels). Holds the normalisation statistics (stored in checkpoints)."""
+
+    def __init__(self, cfg: FeatureConfig, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        import torchaudio
+
+        self.cfg = cfg
+        self.win_length = round(cfg.sample_rate * cfg.win_ms / 1000)
+        self.hop_length = round(cfg.sample_rate * cfg.hop_ms / 1000)
+        n_fft = 1 << max(self.win_length - 1, 1).bit_length()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate, n_fft=n_fft, win_length=self.win_length,
+            hop_length=self.hop_length, n_mels=cfg.n_mels, center=True, power=2.0,
+        )
+        self.mean = mean
+        self.std = std
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds between feature frames."""
+        return self.hop_length / self.cfg.sample_rate
+
+    def num_frames(self, num_samples: int) -> int:
+        return 1 + num_samples // self.hop_length
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(samples,) -> (T, n_mels) without normalisation."""
+        with torch.no_grad():
+            return torch.log(self.mel(wave) + LOG_FLOOR).transpose(0, 1).contiguous()
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        feats = self.log_mel(wave)
+        if self.cfg.normalize:
+            if self.mean is None or self.std is None:
+                raise RuntimeError("normalisation statistics missing: call fit_stats() first")
+            feats = (feats - self.mean) / self.std
+        return feats
+
+    def fit_stats(self, waves: Iterable[torch.Tensor]) -> None:
+        """Per-mel-bin mean and standard deviation over all frames of `waves` (float64 accumulation)."""
+        total = torch.zeros(self.cfg.n_mels, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for wave in waves:
+            feats = self.log_mel(wave).double()
+            total += feats.sum(0)
+            total_sq += (feats**2).sum(0)
+            count += feats.shape[0]
+        if count == 0:
+            raise AsrkitError("cannot compute feature statistics: the training set has no audio")
+        mean = total / count
+        var = (total_sq / count - mean**2).clamp_min(1e-8)
+        self.mean, self.std = mean.float(), var.sqrt().float()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.mean is None or self.std is None else {"mean": self.mean, "std": self.std}
+
+
+def spec_augment(feats: torch.Tensor, cfg: FeatureConfig, rng: random.Random) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) frequency and time masks on (T, F); masked values become 0 (the mean)."""
+    feats = feats.clone()
+    num_frames, num_bins = feats.shape
+    for _ in range(cfg.freq_masks):
+        width = rng.randint(0, min(cfg.freq_mask_width, num_bins))
+        start = rng.randint(0, num_bins - width)
+        feats[:, start : start + width] = 0.0
+    max_time = min(cfg.time_mask_width, int(num_frames * cfg.time_mask_ratio))
+    for _ in range(cfg.time_masks):
+        width = rng.randint(0, max(max_time, 0))
+        start = rng.randint(0, num_frames - width)
+        feats[start : start + width, :] = 0.0
+    return feats
+
+
+class NoiseSource:
+    """Additive noise at a random SNR: from recordings in `noise_dir`, or white noise when none are given."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self.files: list[Path] = []
+        if cfg.noise_dir:
+            folder = Path(cfg.noise_dir)
+            if not folder.is_dir():
+                raise AsrkitError(f"features.noise_dir {folder} is not a folder of noise recordings")
+            exts = {".wav", ".flac", ".ogg", ".mp3"}
+            self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
+            if not self.files:
+                raise AsrkitError(f"features.noise_dir {folder} holds no .wav/.flac/.ogg/.mp3 files")
+
+    def __call__(self, wave: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if rng.random() >= self.cfg.noise_prob:
+            return wave
+        noise = self._noise(len(wave), rng)
+        snr_db = rng.uniform(*self.cfg.noise_snr_db)
+        signal_power = wave.pow(2).mean().clamp_min(1e-10)
+        noise_power = noise.pow(2).mean().clamp_min(1e-10)
+        scale = math.sqrt(float(signal_power / noise_power) / (10 ** (snr_db / 10)))
+        return wave + scale * noise
+
+    def _noise(self, length: int, rng: random.Random) -> torch.Tensor:
+        if not self.files:
+            gen = torch.Generator().manual_seed(rng.getrandbits(32))
+            return torch.randn(length, generator=gen)
+        from asrkit.data.audio import load_audio
+
+        noise = load_audio(rng.choice(self.files), self.cfg.sample_rate)
+        if len(noise) < length:
+            noise = noise.repeat(length // len(noise) + 1)
+        start = rng.randint(0, len(noise) - length)
+        return noise[start : start + length]

@@ -1,0 +1,154 @@
+"""Dataset, collate -> Batch, and the SortaGrad + duration-bucketed batch sampler."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from asrkit.data.audio import load_audio
+from asrkit.data.features import Featurizer, NoiseSource, spec_augment
+from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
+from asrkit.errors import AsrkitError
+from asrkit.records import Batch, Utterance
+
+
+@dataclass
+class Item:
+    id: str
+    feats: torch.Tensor  # (T, F)
+    targets: torch.Tensor  # (U,)
+    text: str
+
+
+class SpeechDataset(Dataset[Item]):
+    """Utterances -> features and token ids. Augmentation is seeded by (seed, epoch, index): reproducible
+    whatever the number of workers."""
+
+    def __init__(self, utts: Sequence[Utterance], featurizer: Featurizer, tokenizer: Tokenizer | None,
+                 augment: bool = False, seed: int = 0, manifest: str = "manifest") -> None:
+        self.utts = list(utts)
+        self.featurizer = featurizer
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.noise = NoiseSource(featurizer.cfg) if augment and featurizer.cfg.noise_prob > 0 else None
+        self.targets: list[list[int]] = []
+        if tokenizer is not None:
+            bad = find_unencodable(tokenizer, self.utts)
+            if bad:
+                raise AsrkitError(f"{manifest}: characters the tokenizer cannot encode: {describe_unencodable(bad)}; "
+                                  "fix the transcripts or retrain the tokenizer on text that has them")
+            empty = [u.id for u in self.utts if not u.text.strip()]
+            if empty:
+                raise AsrkitError(f"{manifest}: empty transcript in {', '.join(empty[:5])}"
+                                  f"{' ...' if len(empty) > 5 else ''}; remove these lines or add their text")
+            self.targets = [tokenizer.encode(u.text) for u in self.utts]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, index: int) -> Item:
+        utt = self.utts[index]
+        wave = load_audio(utt.audio_filepath, self.featurizer.cfg.sample_rate)
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        if self.noise is not None:
+            wave = self.noise(wave, rng)
+        feats = self.featurizer(wave)
+        if self.augment and self.featurizer.cfg.spec_augment:
+            feats = spec_augment(feats, self.featurizer.cfg, rng)
+        targets = torch.tensor(self.targets[index] if self.targets else [], dtype=torch.long)
+        return Item(utt.id, feats, targets, utt.text)
+
+
+def collate(items: Sequence[Item]) -> Batch:
+    """Pad to the longest item: feats (B, T, F) with zeros, targets (B, U) with 0 (the blank)."""
+    feat_lens = torch.tensor([it.feats.shape[0] for it in items], dtype=torch.long)
+    target_lens = torch.tensor([len(it.targets) for it in items], dtype=torch.long)
+    feats = torch.zeros(len(items), int(feat_lens.max()), items[0].feats.shape[1])
+    targets = torch.zeros(len(items), max(int(target_lens.max()), 1), dtype=torch.long)
+    for i, it in enumerate(items):
+        feats[i, : it.feats.shape[0]] = it.feats
+        targets[i, : len(it.targets)] = it.targets
+    return Batch([it.id for it in items], feats, feat_lens, targets, target_lens, [it.text for it in items])
+
+
+class DurationBatchSampler(Sampler[list[int]]):
+    """Batches of similar duration with at most `batch_seconds` of padded audio and `max_batch_size` items.
+
+    SortaGrad (DeepSpeech2): epoch 0 runs in order of increasing duration; later epochs shuffle the
+    batches (durations are jittered by +-10% before bucketing so batch membership varies too). With
+    `world_size` > 1 each rank takes every world_size-th batch and all ranks get the same count. The
+    position inside an epoch is part of `state_dict()`, so a resumed run continues with the next batch.
+    """
+
+    def __init__(self, durations: Sequence[float], batch_seconds: float, max_batch_size: int, *,
+                 shuffle: bool = True, sortagrad: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if batch_seconds <= 0 or max_batch_size < 1:
+            raise AsrkitError("train.batch_seconds must be > 0 and train.max_batch_size >= 1")
+        self.durations = list(durations)
+        self.batch_seconds = batch_seconds
+        self.max_batch_size = max_batch_size
+        self.shuffle, self.sortagrad, self.seed = shuffle, sortagrad, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start = 0  # batches of this epoch already consumed
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 100003 + epoch)
+        in_order = not self.shuffle or (self.sortagrad and epoch == 0)
+        keys = self.durations if in_order else [d * rng.uniform(0.9, 1.1) for d in self.durations]
+        order = sorted(range(len(self.durations)), key=lambda i: (keys[i], i))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0.0
+        for i in order:
+            longest_if = max(longest, self.durations[i])
+            full = len(current) >= self.max_batch_size or longest_if * (len(current) + 1) > self.batch_seconds
+            if current and full:
+                batches.append(current)
+                current, longest_if = [], self.durations[i]
+            current.append(i)
+            longest = longest_if
+        if current:
+            batches.append(current)
+        if not in_order:
+            rng.shuffle(batches)
+        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
+        return batches[self.rank :: self.world_size][:per_rank]
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches(self.epoch)[self.start :]
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch)) - self.start
+
+    def padding_fraction(self, epoch: int = 0) -> float:
+        """Fraction of padded (wasted) audio seconds over an epoch's batches."""
+        total = padded = 0.0
+        for batch in self.batches(epoch):
+            longest = max(self.durations[i] for i in batch)
+            total += longest * len(batch)
+            padded += longest * len(batch) - sum(self.durations[i] for i in batch)
+        return padded / total if total else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+
+def make_loader(dataset: Dataset[Item], sampler: Sampler[list[int]], num_workers: int,
+                pin_memory: bool = False) -> DataLoader[Item]:
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=False,
+                      prefetch_factor=4 if num_workers > 0 else None)

@@ -1,0 +1,84 @@
+"""JSONL manifests: one `Utterance` per line, errors reported as file:line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from asrkit.errors import AsrkitError
+from asrkit.records import Utterance
+
+REQUIRED_KEYS = ("audio_filepath", "duration", "text")
+_KNOWN = {"id", "audio_filepath", "duration", "text", "speaker"}
+
+
+class ManifestError(AsrkitError):
+    pass
+
+
+def parse_line(line: str, where: str, base_dir: Path) -> Utterance:
+    """Parse one manifest line; `where` is "file:line" for error messages."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise ManifestError(f"{where}: missing key(s) {', '.join(missing)}; "
+                            f"every line needs {', '.join(REQUIRED_KEYS)}")
+    try:
+        duration = float(obj["duration"])
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: duration {obj['duration']!r} is not a number (seconds)") from None
+    if not duration > 0:
+        raise ManifestError(f"{where}: duration {duration} must be positive")
+    text = obj["text"]
+    if not isinstance(text, str):
+        raise ManifestError(f"{where}: text must be a string, got {text!r}")
+    audio = str(obj["audio_filepath"])
+    if not os.path.isabs(audio):
+        audio = str((base_dir / audio).resolve())
+    utt_id = str(obj.get("id") or Path(audio).stem)
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN}
+    return Utterance(utt_id, audio, duration, text, str(obj.get("speaker", "") or ""), extra)
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Read a JSONL manifest. Relative audio paths are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; create it with `asrkit prepare ...`")
+    utts: list[Utterance] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            utt = parse_line(line, f"{path}:{lineno}", path.parent)
+            if utt.id in seen:
+                raise ManifestError(f"{path}:{lineno}: duplicate id {utt.id!r} (first at line {seen[utt.id]})")
+            seen[utt.id] = lineno
+            utts.append(utt)
+    if not utts:
+        raise ManifestError(f"{path}: manifest is empty")
+    return utts
+
+
+def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> int:
+    """Write atomically (temp file + rename) so a killed run never leaves half a manifest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for utt in utts:
+            f.write(json.dumps(utt.to_json(), ensure_ascii=False) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return n

@@ -1,0 +1,87 @@
+"""The records that flow between stages. No logic beyond conversion and `.to(device)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One line of a JSONL manifest (NeMo-compatible keys: audio_filepath, duration, text)."""
+
+    id: str
+    audio_filepath: str  # absolute, or relative to the manifest's folder
+    duration: float  # seconds, measured
+    text: str  # normalised once, at prepare time
+    speaker: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # corpus-specific keys kept
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "audio_filepath": self.audio_filepath,
+            "duration": round(self.duration, 4),
+            "text": self.text,
+            "speaker": self.speaker,
+        }
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class Batch:
+    """A padded mini-batch. Shapes: feats (B, T, F), feat_lens (B,), targets (B, U), target_lens (B,)."""
+
+    ids: list[str]
+    feats: torch.Tensor
+    feat_lens: torch.Tensor
+    targets: torch.Tensor
+    target_lens: torch.Tensor
+    texts: list[str]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return replace(
+            self,
+            feats=self.feats.to(device, non_blocking=non_blocking),
+            feat_lens=self.feat_lens.to(device, non_blocking=non_blocking),
+            targets=self.targets.to(device, non_blocking=non_blocking),
+            target_lens=self.target_lens.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Batch:
+        return replace(
+            self,
+            feats=self.feats.pin_memory(),
+            feat_lens=self.feat_lens.pin_memory(),
+            targets=self.targets.pin_memory(),
+            target_lens=self.target_lens.pin_memory(),
+        )
+
+
+@dataclass
+class Emissions:
+    """CTC output: log_probs (B, T', V) with blank = 0, lengths (B,), frame_shift in seconds."""
+
+    log_probs: torch.Tensor
+    lengths: torch.Tensor
+    frame_shift: float
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    word: str
+    start: float  # seconds
+    end: float  # seconds
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A decoded transcript: text, token ids, total log score, optional word timings."""
+
+    text: str
+    tokens: tuple[int, ...] = ()
+    score: float = 0.0
+    words: tuple[WordTiming, ...] = ()

@@ -1,0 +1,118 @@
+"""User-facing errors: one line naming the thing and the fix, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from asrkit.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def write_manifest(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def wav(tmp_path: Path) -> Path:
+    path = tmp_path / "a.wav"
+    sf.write(path, (0.1 * np.sin(np.arange(8000) / 5)).astype("float32"), 16000)
+    return path
+
+
+def test_help_lists_every_command() -> None:
+    code, out = run("--help")
+    assert code == 0
+    for name in ("prepare", "train", "transcribe", "evaluate"):
+        assert name in out
+    code, out = run("prepare", "--help")
+    assert code == 0 and "folder" in out and "fsdd" in out
+    for cmd in (["train"], ["transcribe"], ["evaluate"], ["prepare", "fsdd"], ["prepare", "folder"]):
+        code, out = run(*cmd, "--help")
+        assert code == 0 and "Usage" in out
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path: Path, wav: Path) -> None:
+    data = tmp_path / "data"
+    write_manifest(data / "train.jsonl", [json.dumps({"audio_filepath": str(wav), "duration": 0.5, "text": "a"})])
+    code, out = run("train", "--data", str(data), "--exp", str(tmp_path / "exp"), "--set", "train.lrate=0.1")
+    assert code == 2
+    assert "unknown config key train.lrate" in out and "lr" in out and "warmup_steps" in out
+
+
+def test_bad_set_syntax(tmp_path: Path) -> None:
+    code, out = run("train", "--data", str(tmp_path), "--set", "lr=0.1")
+    assert code == 2 and "expected section.key=value" in out
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    code, out = run("train", str(tmp_path / "nope.toml"), "--data", str(tmp_path))
+    assert code == 2 and "nope.toml not found" in out
+
+
+def test_malformed_manifest_line_names_file_and_line(tmp_path: Path, wav: Path) -> None:
+    good = json.dumps({"audio_filepath": str(wav), "duration": 0.5, "text": "a"})
+    manifest = write_manifest(tmp_path / "data" / "train.jsonl", [good, "{not json"])
+    code, out = run("train", "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"))
+    assert code == 2 and f"{manifest}:2: not valid JSON" in out
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    code, out = run("train", "--data", str(tmp_path / "nodata"), "--exp", str(tmp_path / "exp"))
+    assert code == 2 and "train.jsonl: manifest not found" in out and "asrkit prepare" in out
+
+
+def test_empty_transcript_is_an_error(tmp_path: Path, wav: Path) -> None:
+    lines = [json.dumps({"id": "u1", "audio_filepath": str(wav), "duration": 0.5, "text": "abc"}),
+             json.dumps({"id": "u2", "audio_filepath": str(wav), "duration": 0.5, "text": ""})]
+    write_manifest(tmp_path / "data" / "train.jsonl", lines)
+    code, out = run("train", "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"))
+    assert code == 2 and "empty transcript in u2" in out
+
+
+def test_transcribe_missing_model(tmp_path: Path, wav: Path) -> None:
+    code, out = run("transcribe", str(tmp_path / "model.pt"), str(wav))
+    assert code == 2 and "model.pt not found" in out
+
+
+def test_evaluate_folder_without_checkpoint(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", [])
+    code, out = run("evaluate", str(tmp_path), str(manifest))
+    assert code == 2 and "holds no best.pt or last.pt" in out
+
+
+def test_resume_without_checkpoint(tmp_path: Path, wav: Path) -> None:
+    write_manifest(tmp_path / "data" / "train.jsonl",
+                   [json.dumps({"audio_filepath": str(wav), "duration": 0.5, "text": "a"})])
+    code, out = run("train", "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--resume")
+    assert code == 2 and "last.pt not found; start without --resume" in out
+
+
+def test_prepare_folder_wrong_layout(tmp_path: Path) -> None:
+    code, out = run("prepare", "folder", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert code == 2 and "missing" in out
+
+
+def test_prepare_fsdd_wrong_layout(tmp_path: Path) -> None:
+    (tmp_path / "corpus").mkdir()
+    code, out = run("prepare", "fsdd", str(tmp_path / "corpus"), str(tmp_path / "out"))
+    assert code == 2 and "corpus" in out and "recordings" in out
+
+
+def test_prepare_fsdd_bad_digit_range(tmp_path: Path) -> None:
+    code, out = run("prepare", "fsdd", str(tmp_path), str(tmp_path / "o"), "--min-digits", "4", "--max-digits", "2")
+    assert code == 2 and "--min-digits 4" in out
