@@ -76,11 +76,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise AsrkitError(f"{path}: refused to load: the file needs code to run to be loaded (not a plain "
-                          f"asrkit checkpoint, possibly malicious): {first[:200]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise AsrkitError(f"{path}: not a readable checkpoint ({str(err).strip()[:200]})") from None
+        unsafe = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported global" in line]
+        if unsafe:
+            raise AsrkitError(f"{path}: refused to load: the file asks to run code ({unsafe[0][:160]}); it is not "
+                              "a plain asrkit checkpoint and may be malicious. Only load checkpoints you trust "
+                              "that asrkit wrote.") from None
+        raise AsrkitError(f"{path}: not a readable checkpoint (corrupt or not a PyTorch file)") from None
+    except Exception as err:  # torch raises assorted types (KeyError, RuntimeError, EOFError) for junk files
+        raise AsrkitError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).strip()[:160]})") \
+            from None
     if not isinstance(data, dict) or "version" not in data or "model" not in data:
         raise AsrkitError(f"{path}: not an asrkit checkpoint (no version/model keys)")
     if data["version"] > VERSION:

@@ -110,6 +110,86 @@ def prepare_fsdd(
                                 workers=workers))
 
 
+@prepare_app.command("librispeech")
+@user_errors
+def prepare_librispeech(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write <subset>.jsonl manifests, skipped.tsv and, when "
+                                            "extracting or downloading, download/.")],
+    subsets: Annotated[str, typer.Option(help="Comma-separated subsets: dev-clean, dev-other, test-clean, test-other, "
+                                         "train-clean-100, train-clean-360, train-other-500.")],
+    corpus_dir: Annotated[Path | None, typer.Option(help="Folder holding an extracted LibriSpeech/<subset>/ (or "
+                                                    "<subset>/) or the <subset>.tar.gz files.")] = None,
+    download: Annotated[bool, typer.Option(help="Fetch subsets not found locally from openslr.org into "
+                                           "OUT/download/ (resumable, MD5-checked).")] = False,
+    base_url: Annotated[str | None, typer.Option(help="Mirror to download from instead of openslr.org "
+                                                 "(default: $ASRKIT_LIBRISPEECH_URL if set).")] = None,
+    workers: Annotated[int, typer.Option(help="Threads measuring durations.")] = 4,
+) -> None:
+    """Prepare LibriSpeech: one manifest per subset, with speaker and chapter. Exit code 1 when some files were
+    skipped (listed in skipped.tsv)."""
+    from asrkit.prepare import librispeech
+
+    if corpus_dir is None and not download:
+        raise AsrkitError("give --corpus-dir (an extracted LibriSpeech or its .tar.gz files) or --download")
+    if workers < 1:
+        raise AsrkitError(f"--workers {workers} must be at least 1")
+    _print_summary(librispeech.prepare(out_dir, subsets=_split_list(subsets), corpus_dir=corpus_dir,
+                                       download=download, base_url=base_url, workers=workers))
+
+
+@prepare_app.command("commonvoice")
+@user_errors
+def prepare_commonvoice(
+    cv_dir: Annotated[Path, typer.Argument(help="Language folder of an extracted Common Voice release (holding "
+                                           "clips/ and the .tsv files), e.g. cv-corpus-17.0/en.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write <split>.jsonl, skipped.tsv and the flac/ cache.")],
+    lang: Annotated[str, typer.Option(help="Locale of the release (en, de, fr, ...); selects the letters kept "
+                                      "by text normalisation.")] = "en",
+    splits: Annotated[str, typer.Option(help="Comma-separated TSVs to prepare (train, dev, test, validated, other, "
+                                        "invalidated). Without train/dev/test.tsv, validated.tsv is divided "
+                                        "by speaker.")] = "train,dev,test",
+    min_upvotes: Annotated[int, typer.Option(help="Drop clips with fewer up-votes.")] = 0,
+    min_duration: Annotated[float, typer.Option(help="Drop clips shorter than this (seconds).")] = 0.5,
+    max_duration: Annotated[float, typer.Option(help="Drop clips longer than this (seconds).")] = 20.0,
+    sample_rate: Annotated[int, typer.Option(help="Sample rate of the FLAC cache (Hz).")] = 16000,
+    workers: Annotated[int, typer.Option(help="Threads converting MP3 to FLAC.")] = 4,
+) -> None:
+    """Prepare Common Voice: MP3 -> FLAC cache (resumable), vote/duration filters, per-language text
+    normalisation. Exit code 1 when some clips were skipped (listed in skipped.tsv)."""
+    from asrkit.prepare import commonvoice
+
+    if min_upvotes < 0:
+        raise AsrkitError(f"--min-upvotes {min_upvotes} must be 0 or more")
+    if not 0 <= min_duration < max_duration:
+        raise AsrkitError(f"--min-duration {min_duration} / --max-duration {max_duration}: need 0 <= min < max")
+    if workers < 1:
+        raise AsrkitError(f"--workers {workers} must be at least 1")
+    _print_summary(commonvoice.prepare(cv_dir, out_dir, lang=lang, splits=_split_list(splits),
+                                       min_upvotes=min_upvotes, min_duration=min_duration,
+                                       max_duration=max_duration, sample_rate=sample_rate, workers=workers))
+
+
+@prepare_app.command("an4")
+@user_errors
+def prepare_an4(
+    corpus_dir: Annotated[Path, typer.Argument(help="The AN4 folder holding etc/ and wav/ (SPHERE or big-endian "
+                                               ".raw), or a folder holding an4/.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write train/dev/test.jsonl and skipped.tsv.")],
+    dev_speakers: Annotated[int, typer.Option(help="Move this many training speakers (chosen deterministically) "
+                                              "to a speaker-disjoint dev split.")] = 0,
+    workers: Annotated[int, typer.Option(help="Threads measuring durations and converting .raw files.")] = 4,
+) -> None:
+    """Prepare the CMU AN4 census corpus: train and test as the corpus defines them, optional dev. Exit code 1
+    when some files were skipped (listed in skipped.tsv)."""
+    from asrkit.prepare import an4
+
+    if dev_speakers < 0:
+        raise AsrkitError(f"--dev-speakers {dev_speakers} must be 0 or more")
+    if workers < 1:
+        raise AsrkitError(f"--workers {workers} must be at least 1")
+    _print_summary(an4.prepare(corpus_dir, out_dir, dev_speakers=dev_speakers, workers=workers))
+
+
 @app.command()
 @user_errors
 def train(

@@ -129,6 +129,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         return tuple(_coerce(v, d, key) for v, d in zip(value, default, strict=True))
     for typ in (int, float):
         if type(default) is typ:
+            if isinstance(value, bool):
+                raise AsrkitError(f"config {key}: expected {typ.__name__}, got {value!r}")
             try:
                 out = typ(value)
             except (TypeError, ValueError):

@@ -54,6 +54,8 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
     dev_utts = read_manifest(data_dir / "dev.jsonl") if (data_dir / "dev.jsonl").is_file() else []
     _prepare_exp_dir(exp_dir, resume)
     device = pick_device(cfg.train.device)
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # before the model is built: its initial weights depend on it
     if resume:
         loaded = load_checkpoint(exp_dir / "last.pt", device)
         cfg = _resumed_config(loaded.config, cfg)
@@ -64,8 +66,6 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
         model = build_model(cfg.model, cfg.features.n_mels, len(tokenizer.vocab)).to(device)
         state = {}
     _check_dev_text(tokenizer, dev_utts, data_dir)
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
     optimizer = _make_optimizer(cfg, model)
     if state:
         optimizer.load_state_dict(state["optimizer"])

@@ -42,8 +42,12 @@ class Featurizer:
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """(samples,) -> (T, n_mels) without normalisation."""
+        frames = self.num_frames(len(wave))
+        min_len = self.mel.n_fft // 2 + 1  # reflect padding needs more samples than half a window
+        if len(wave) < min_len:
+            wave = torch.nn.functional.pad(wave, (0, min_len - len(wave)))
         with torch.no_grad():
-            return torch.log(self.mel(wave) + LOG_FLOOR).transpose(0, 1).contiguous()
+            return torch.log(self.mel(wave) + LOG_FLOOR).transpose(0, 1)[:frames].contiguous()
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
         feats = self.log_mel(wave)

@@ -78,7 +78,9 @@ class SentencePieceTokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._vocab = [BLANK] + [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
         self._unk = self._sp.unk_id()
-        self._known = {c for piece in self._vocab[1:] for c in piece.replace("\u2581", " ")}
+        normal = [i for i in range(self._sp.get_piece_size())
+                  if not (self._sp.is_unknown(i) or self._sp.is_control(i) or self._sp.is_unused(i))]
+        self._known = {c for i in normal for c in self._sp.id_to_piece(i).replace("\u2581", " ")}
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, kind: str) -> SentencePieceTokenizer:

@@ -62,6 +62,8 @@ class DeepSpeech2(ASRModel):
                  rnn_type: str = "gru", rnn_layers: int = 3, rnn_hidden: int = 256, bidirectional: bool = True,
                  norm: str = "batch", relu_clip: float = 20.0, dropout: float = 0.0) -> None:
         super().__init__()
+        if rnn_layers < 1:
+            raise ValueError(f"rnn_layers must be at least 1, got {rnn_layers}")
         self.conv = ConvFrontEnd(n_feats, conv_layers, conv_channels, relu_clip)
         self.time_reduction = self.conv.time_reduction
         self.rnns = nn.ModuleList(

@@ -1,0 +1,165 @@
+"""LibriSpeech (openslr.org/12): one manifest per subset, from a corpus folder, tarballs on disk, or a download.
+
+Layout inside each official tarball, and of an extracted corpus::
+
+    LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+    LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt   (lines "<utt-id> TRANSCRIPT")
+
+Where a subset is looked for, in order:
+1. `corpus_dir/LibriSpeech/<subset>/` or `corpus_dir/<subset>/` (an extracted corpus);
+2. `out_dir/download/LibriSpeech/<subset>/`, if an earlier run finished extracting it there;
+3. `corpus_dir/<subset>.tar.gz` (a tarball already on disk), extracted safely into `out_dir/download/`;
+4. with `download=True`: `<base_url>/<subset>.tar.gz` fetched into `out_dir/download/` (resumable, MD5-checked
+   against the official value), then extracted there. The tarball is kept; delete it by hand to save space.
+
+The manifest of a subset is `out_dir/<subset>.jsonl`: id `<speaker>-<chapter>-<utt>`, the speaker, and the
+chapter under the key `chapter`; the text is normalised (lower case, apostrophes kept). A FLAC without a
+transcript line, a transcript line without its FLAC, duplicate ids and unreadable audio are listed in
+`out_dir/skipped.tsv`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from asrkit.data.text import normalize_text
+from asrkit.errors import AsrkitError
+from asrkit.prepare import download as dl
+from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, measure
+from asrkit.progress import say
+from asrkit.records import Utterance
+
+SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
+           "train-other-500")
+_DONE = ".{subset}.extracted"  # marker in out_dir/download: extraction of that subset finished
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One transcript line: the utterance id, its raw text and where it was read (file:line)."""
+
+    utt_id: str
+    text: str
+    where: str
+
+
+def prepare(out_dir: Path, *, subsets: Sequence[str], corpus_dir: Path | None = None, download: bool = False,
+            base_url: str | None = None, workers: int = 4) -> PrepareResult:
+    """Write `out_dir/<subset>.jsonl` for each subset (see the module docstring for where subsets are found)."""
+    subsets = check_subsets(subsets)
+    out_dir = Path(out_dir)
+    if corpus_dir is not None and not Path(corpus_dir).is_dir():
+        raise AsrkitError(f"{corpus_dir}: corpus folder not found; give the folder holding LibriSpeech/ or the "
+                          "<subset>.tar.gz files, or use --download")
+    check_writable(out_dir)
+    splits: dict[str, list[Utterance]] = {}
+    skipped: list[Skipped] = []
+    for subset in subsets:
+        subset_dir = locate_subset(subset, out_dir, corpus_dir=corpus_dir, download=download, base_url=base_url)
+        splits[subset] = _read_subset(subset_dir, skipped, workers)
+    return finish(out_dir, splits, skipped)
+
+
+def check_subsets(subsets: Sequence[str]) -> list[str]:
+    """The subsets, deduplicated in order; AsrkitError naming the unknown ones and listing the valid ones."""
+    chosen = list(dict.fromkeys(s.strip() for s in subsets if s.strip()))
+    if not chosen:
+        raise AsrkitError(f"no LibriSpeech subset given; choose from {', '.join(SUBSETS)}")
+    unknown = [s for s in chosen if s not in SUBSETS]
+    if unknown:
+        raise AsrkitError(f"unknown LibriSpeech subset(s) {', '.join(unknown)}; valid: {', '.join(SUBSETS)}")
+    return chosen
+
+
+def locate_subset(subset: str, out_dir: Path, *, corpus_dir: Path | None = None, download: bool = False,
+                  base_url: str | None = None) -> Path:
+    """The extracted `<subset>/` folder, extracting a tarball on disk or downloading one if needed."""
+    work = Path(out_dir) / "download"
+    if corpus_dir is not None:
+        for candidate in (Path(corpus_dir) / "LibriSpeech" / subset, Path(corpus_dir) / subset):
+            if candidate.is_dir():
+                return candidate
+    extracted = work / "LibriSpeech" / subset
+    if (work / _DONE.format(subset=subset)).is_file() and extracted.is_dir():
+        return extracted
+    tarball = Path(corpus_dir) / f"{subset}.tar.gz" if corpus_dir is not None else None
+    if tarball is None or not tarball.is_file():
+        if not download:
+            where = f"in {corpus_dir} (looked for LibriSpeech/{subset}/, {subset}/, {subset}.tar.gz)" \
+                if corpus_dir is not None else "(no --corpus-dir given)"
+            raise AsrkitError(f"LibriSpeech subset {subset} not found {where}; pass --download to fetch it, "
+                              "or --corpus-dir pointing at the extracted corpus or the tarballs")
+        url = dl.librispeech_url(subset, base_url)
+        say(f"downloading {url} into {work}")
+        tarball = dl.download(url, work / f"{subset}.tar.gz", md5=dl.LIBRISPEECH_MD5.get(subset))
+    return _extract(tarball, subset, work)
+
+
+def _extract(tarball: Path, subset: str, work: Path) -> Path:
+    say(f"extracting {tarball} into {work}")
+    dl.safe_extract(tarball, work)
+    extracted = work / "LibriSpeech" / subset
+    if not extracted.is_dir():
+        raise AsrkitError(f"{tarball}: no LibriSpeech/{subset}/ folder inside; is it the official "
+                          f"{subset}.tar.gz from openslr.org/12?")
+    (work / _DONE.format(subset=subset)).touch()
+    return extracted
+
+
+def _read_subset(subset_dir: Path, skipped: list[Skipped], workers: int) -> list[Utterance]:
+    """Utterances of one extracted subset; problems are appended to `skipped`."""
+    flacs = sorted(subset_dir.glob("*/*/*.flac"))
+    lines = _read_transcripts(subset_dir, skipped)
+    if not flacs and not lines:
+        raise AsrkitError(f"{subset_dir}: no <speaker>/<chapter>/*.flac or *.trans.txt files; is this an "
+                          "extracted LibriSpeech subset?")
+    paired: list[tuple[Path, _Line]] = []
+    for flac in flacs:
+        line = lines.pop(flac.stem, None)
+        if line is None:
+            trans = f"{flac.parent.parent.name}-{flac.parent.name}.trans.txt"
+            skipped.append(Skipped(str(flac), f"no transcript: id {flac.stem} has no line in {trans}"))
+        else:
+            paired.append((flac, line))
+    for line in lines.values():
+        skipped.append(Skipped(line.where, f"transcript line for {line.utt_id} but no audio file "
+                                           f"{line.utt_id}.flac in its chapter folder"))
+    return _measure_pairs(paired, skipped, workers)
+
+
+def _read_transcripts(subset_dir: Path, skipped: list[Skipped]) -> dict[str, _Line]:
+    """Every `*.trans.txt` line of the subset by utterance id; malformed and duplicate lines go to `skipped`."""
+    lines: dict[str, _Line] = {}
+    for trans in sorted(subset_dir.glob("*/*/*.trans.txt")):
+        try:
+            content = trans.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            skipped.append(Skipped(str(trans), f"cannot read transcript file as UTF-8 text ({err})"))
+            continue
+        for lineno, raw in enumerate(content.splitlines(), 1):
+            if not raw.strip():
+                continue
+            where = f"{trans}:{lineno}"
+            utt_id, _, text = raw.strip().partition(" ")
+            if utt_id in lines:
+                skipped.append(Skipped(where, f"duplicate id {utt_id} (first at {lines[utt_id].where})"))
+                continue
+            lines[utt_id] = _Line(utt_id, text, where)
+    return lines
+
+
+def _measure_pairs(paired: list[tuple[Path, _Line]], skipped: list[Skipped], workers: int) -> list[Utterance]:
+    utts: list[Utterance] = []
+    results = measure([flac for flac, _ in paired], workers)
+    for (flac, line), (duration, reason) in zip(paired, results, strict=True):
+        text = normalize_text(line.text)
+        if duration is None:
+            skipped.append(Skipped(str(flac), reason or "cannot read audio"))
+        elif not text:
+            skipped.append(Skipped(line.where, f"empty transcript for {line.utt_id}"))
+        else:
+            speaker, chapter = flac.parent.parent.name, flac.parent.name
+            utts.append(Utterance(line.utt_id, str(flac.resolve()), duration, text, speaker, {"chapter": chapter}))
+    return utts
