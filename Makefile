@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean kenlm docker-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/fsdd/demo.sh
 
 test: install
+	VENV=$(VENV) bash scripts/ci_docker.sh
 	$(BIN)/ruff check asrkit tests bench
 	$(BIN)/python -m pytest -q
+
+# KenLM's lmplz and build_binary, built from the kenlm source distribution into tools/kenlm/bin.
+kenlm:
+	bash scripts/build_kenlm.sh
+
+# Lint docker/Dockerfile (hadolint) and run the image's install steps in a scratch venv.
+docker-check: install
+	VENV=$(VENV) bash scripts/ci_docker.sh
 
 lint: install
 	$(BIN)/ruff check asrkit tests bench

@@ -101,7 +101,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     tokenizer = tokenizer_from_dict(data["tokenizer"])
     stats = data.get("features") or {}
     featurizer = Featurizer(config.features, stats.get("mean"), stats.get("std"))
-    model = build_model(config.model, config.features.n_mels, len(tokenizer.vocab))
+    model = build_model(config, config.features.n_mels, len(tokenizer.vocab))
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as err:

@@ -55,6 +55,16 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LASConfig:
+    """Listen, Attend and Spell sizes (used when model.family = "las")."""
+
+
+@dataclass(frozen=True)
+class TransducerConfig:
+    """RNN-Transducer sizes (used when model.family = "transducer")."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20  # passes over the training set
     max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
@@ -87,6 +97,8 @@ class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    las: LASConfig = field(default_factory=LASConfig)
+    transducer: TransducerConfig = field(default_factory=TransducerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
@@ -105,6 +117,8 @@ _SECTIONS: dict[str, type] = {
     "features": FeatureConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
+    "las": LASConfig,
+    "transducer": TransducerConfig,
     "train": TrainConfig,
     "decode": DecodeConfig,
 }

@@ -63,7 +63,7 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
     else:
         tokenizer = _train_tokenizer(cfg, train_utts, data_dir)
         featurizer = _fit_featurizer(cfg, train_utts, progress)
-        model = build_model(cfg.model, cfg.features.n_mels, len(tokenizer.vocab)).to(device)
+        model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(device)
         state = {}
     _check_dev_text(tokenizer, dev_utts, data_dir)
     optimizer = _make_optimizer(cfg, model)
@@ -155,6 +155,7 @@ class _Loop:
         t = self.cfg.train
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
+        self.model.on_step(self.step)
         with self.autocast:
             loss = self.model.loss(batch)
         if not torch.isfinite(loss):

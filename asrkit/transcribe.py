@@ -1,21 +1,32 @@
-"""Inference: audio files or a manifest -> features -> model.decode -> hypotheses, text / JSONL, WER."""
+"""Inference: audio files or a manifest -> features -> model -> greedy or beam-search (n-gram LM) decoding ->
+hypotheses, text / JSONL, WER."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
-from asrkit.checkpoint import Loaded, load_checkpoint
+from asrkit.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
 from asrkit.data.audio import audio_info, load_audio
 from asrkit.data.loader import Item, collate
 from asrkit.data.manifest import read_manifest
+from asrkit.decoding import DecoderPool, LMDecodeOptions
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.metrics import ErrorRate
-from asrkit.records import Hypothesis, Utterance
+from asrkit.progress import say
+from asrkit.records import Batch, Hypothesis, Utterance
+
+T = TypeVar("T")
+DECODE_PARAMS_NAME = "tune.json"  # beside the checkpoint: `asrkit tune` writes it, transcribe / evaluate read it
+CHUNK_UTTERANCES = 2048  # emissions held in memory at once before they are decoded
+MIN_UTTERANCES_PER_WORKER = 4  # fewer utterances than this per process: decode in fewer processes
 
 
 @dataclass
@@ -51,15 +62,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def decode_utterances(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int = 16,
-                      device: torch.device | None = None,
-                      failures: list[Failure] | None = None) -> Iterator[tuple[Utterance, Hypothesis]]:
-    """Decode in batches of similar duration; yields in input order. An unreadable file is recorded in
-    `failures` (when given, else raised) and the rest go on."""
-    device = device or next(loaded.model.parameters()).device
+def _load_batches(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device,
+                  failures: list[Failure] | None) -> Iterator[tuple[list[int], Batch | None]]:
+    """Batches of similar duration: (input indices, padded batch); an unreadable file is recorded in `failures`
+    (when given, else raised) and comes back alone with batch None."""
     order = sorted(range(len(utts)), key=lambda i: utts[i].duration)
-    results: dict[int, Hypothesis] = {}
-    next_out = 0
     for start in range(0, len(order), batch_size):
         items, idx = [], []
         for i in order[start : start + batch_size]:
@@ -69,18 +76,109 @@ def decode_utterances(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: 
                 if failures is None:
                     raise
                 failures.append(Failure(err.path, err.reason))
-                results[i] = Hypothesis("")
+                yield [i], None
                 continue
             items.append(Item(utts[i].id, loaded.featurizer(wave), torch.zeros(0, dtype=torch.long), utts[i].text))
             idx.append(i)
         if items:
-            batch = collate(items).to(device)
+            yield idx, collate(items).to(device)
+
+
+def _in_input_order(pairs: Iterable[tuple[int, T]]) -> Iterator[T]:
+    """Re-order (index, value) pairs that come in any order into index order, yielding as soon as possible."""
+    waiting: dict[int, T] = {}
+    next_out = 0
+    for i, value in pairs:
+        waiting[i] = value
+        while next_out in waiting:
+            yield waiting.pop(next_out)
+            next_out += 1
+
+
+def compute_emissions(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int = 16,
+                      device: torch.device | None = None,
+                      failures: list[Failure] | None = None) -> Iterator[tuple[Utterance, np.ndarray, float]]:
+    """CTC emissions of each readable utterance, in input order: (utterance, (T', V) float32 log-probs, frame
+    shift in seconds). The forward pass is batched; an unreadable file is recorded in `failures` and skipped."""
+    emissions_of = getattr(loaded.model, "emissions", None)
+    if emissions_of is None:
+        raise AsrkitError(f"{loaded.path}: a {loaded.config.model.family} model has no CTC emissions; beam search "
+                          "with a language model needs a CTC model (deepspeech2)")
+    device = device or next(loaded.model.parameters()).device
+
+    def batches() -> Iterator[tuple[int, tuple[Utterance, np.ndarray, float] | None]]:
+        for idx, batch in _load_batches(loaded, utts, batch_size, device, failures):
+            if batch is None:
+                yield idx[0], None
+                continue
+            with torch.no_grad():
+                em = emissions_of(batch.feats, batch.feat_lens, loaded.featurizer.frame_shift)
+            log_probs = em.log_probs.float().cpu().numpy()
+            for b, (i, n) in enumerate(zip(idx, em.lengths.tolist(), strict=True)):
+                yield i, (utts[i], np.ascontiguousarray(log_probs[b, :n]), em.frame_shift)
+
+    for row in _in_input_order(batches()):
+        if row is not None:
+            yield row
+
+
+def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int = 16,
+                 device: torch.device | None = None, failures: list[Failure] | None = None,
+                 decode: LMDecodeOptions | None = None,
+                 workers: int = 0) -> Iterator[tuple[Utterance, list[Hypothesis]]]:
+    """N-best lists (best first) of every utterance, in input order; an unreadable file gets [Hypothesis("")]
+    and is recorded in `failures` (when given, else raised). `decode` None: the model's own (greedy) decoding;
+    else CTC beam search over batched emissions, decoded by `workers` processes (0: one per CPU core)."""
+    if decode is None:
+        yield from ((u, [h]) for u, h in _decode_greedy(loaded, utts, batch_size, device, failures))
+        return
+    for start in range(0, len(utts), CHUNK_UTTERANCES):
+        chunk = utts[start : start + CHUNK_UTTERANCES]
+        rows = list(compute_emissions(loaded, chunk, batch_size=batch_size, device=device, failures=failures))
+        with DecoderPool(loaded.tokenizer.vocab, decode, decode_workers(workers, len(rows))) as pool:
+            nbests = iter(pool.decode([lp for _, lp, _ in rows], rows[0][2] if rows else 0.0))
+            done = iter(rows)
+            row = next(done, None)
+            for utt in chunk:  # rows are the readable utterances of the chunk, in the same order
+                if row is not None and row[0] is utt:
+                    yield utt, next(nbests)
+                    row = next(done, None)
+                else:
+                    yield utt, [Hypothesis("")]
+
+
+def decode_workers(workers: int, n_utterances: int) -> int:
+    """Processes for decoding: `workers`, or (0) one per CPU core, never more than a few utterances each."""
+    if workers <= 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(workers, n_utterances // MIN_UTTERANCES_PER_WORKER))
+
+
+def _decode_greedy(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device | None,
+                   failures: list[Failure] | None) -> Iterator[tuple[Utterance, Hypothesis]]:
+    device = device or next(loaded.model.parameters()).device
+
+    def batches() -> Iterator[tuple[int, Hypothesis]]:
+        for idx, batch in _load_batches(loaded, utts, batch_size, device, failures):
+            if batch is None:
+                yield idx[0], Hypothesis("")
+                continue
             hyps = loaded.model.decode(batch.feats, batch.feat_lens, loaded.tokenizer,
                                        frame_shift=loaded.featurizer.frame_shift)
-            results.update(zip(idx, hyps, strict=True))
-        while next_out in results:
-            yield utts[next_out], results.pop(next_out)
-            next_out += 1
+            yield from zip(idx, hyps, strict=True)
+
+    yield from zip(utts, _in_input_order(batches()), strict=True)
+
+
+def decode_utterances(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int = 16,
+                      device: torch.device | None = None, failures: list[Failure] | None = None,
+                      decode: LMDecodeOptions | None = None,
+                      workers: int = 0) -> Iterator[tuple[Utterance, Hypothesis]]:
+    """Decode in batches of similar duration; yields the best hypothesis in input order. An unreadable file is
+    recorded in `failures` (when given, else raised) and the rest go on."""
+    for utt, hyps in decode_nbest(loaded, utts, batch_size=batch_size, device=device, failures=failures,
+                                  decode=decode, workers=workers):
+        yield utt, hyps[0]
 
 
 def score(pairs: Sequence[tuple[Utterance, Hypothesis]]) -> EvalResult:
@@ -106,39 +204,115 @@ def files_to_utterances(paths: Sequence[str | Path]) -> tuple[list[Utterance], l
     return utts, failures
 
 
-def transcribe(model: str | Path, audio: Sequence[str | Path], *, device: str = "auto",
-               batch_size: int = 16) -> tuple[list[tuple[str, Hypothesis]], list[Failure]]:
-    """Transcribe audio files. Returns [(path, hypothesis)] in input order and the files that failed."""
+def transcribe_nbest(model: str | Path, audio: Sequence[str | Path], *, device: str = "auto",
+                     batch_size: int = 16, decode: LMDecodeOptions | None = None,
+                     workers: int = 0) -> tuple[list[tuple[str, list[Hypothesis]]], list[Failure]]:
+    """Transcribe audio files: [(path, n-best hypotheses, best first)] in input order, and the files that failed.
+    `decode` None: greedy; else beam search (with an LM when decode.lm is set)."""
     loaded = load_checkpoint(model, pick_device(device))
     utts, failures = files_to_utterances(audio)
-    results = [(u.audio_filepath, h) for u, h in decode_utterances(loaded, utts, batch_size=batch_size,
-                                                                    failures=failures)]
+    results = [(u.audio_filepath, h) for u, h in decode_nbest(loaded, utts, batch_size=batch_size,
+                                                               failures=failures, decode=decode, workers=workers)]
     failed = {f.path for f in failures}
     return [(p, h) for p, h in results if p not in failed], failures
 
 
-def hypothesis_json(path: str, hyp: Hypothesis) -> str:
-    return json.dumps({"audio_filepath": path, "text": hyp.text, "score": round(hyp.score, 4),
-                       "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
-                                 for w in hyp.words]}, ensure_ascii=False)
+def transcribe(model: str | Path, audio: Sequence[str | Path], *, device: str = "auto", batch_size: int = 16,
+               decode: LMDecodeOptions | None = None,
+               workers: int = 0) -> tuple[list[tuple[str, Hypothesis]], list[Failure]]:
+    """Transcribe audio files. Returns [(path, best hypothesis)] in input order and the files that failed."""
+    results, failures = transcribe_nbest(model, audio, device=device, batch_size=batch_size, decode=decode,
+                                         workers=workers)
+    return [(p, hyps[0]) for p, hyps in results], failures
+
+
+def hypothesis_json(path: str, hyp: Hypothesis, alternatives: Sequence[Hypothesis] = ()) -> str:
+    """One JSONL line: text, score, word timings in seconds, and the n-best list when there is more than one."""
+    body: dict[str, Any] = {"audio_filepath": path, "text": hyp.text, "score": round(hyp.score, 4),
+                            "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
+                                      for w in hyp.words]}
+    if alternatives:
+        body["nbest"] = [{"text": h.text, "score": round(h.score, 4)} for h in alternatives]
+    return json.dumps(body, ensure_ascii=False)
 
 
 def evaluate(model: str | Path, manifest: str | Path, *, report: str | Path | None = None,
-             device: str = "auto", batch_size: int = 16) -> EvalResult:
+             device: str = "auto", batch_size: int = 16, decode: LMDecodeOptions | None = None,
+             workers: int = 0) -> EvalResult:
     """Decode a manifest and score it; writes a JSON report (overall + per utterance) when asked."""
     loaded = load_checkpoint(model, pick_device(device))
     utts = read_manifest(manifest)
     failures: list[Failure] = []
-    pairs = list(decode_utterances(loaded, utts, batch_size=batch_size, failures=failures))
+    pairs = list(decode_utterances(loaded, utts, batch_size=batch_size, failures=failures, decode=decode,
+                                   workers=workers))
     failed = {f.path for f in failures}
     result = score([(u, h) for u, h in pairs if u.audio_filepath not in failed])
     result.failures = failures
     if report is not None:
-        write_report(report, result, model=str(loaded.path), manifest=str(manifest))
+        write_report(report, result, model=str(loaded.path), manifest=str(manifest),
+                     decoding=decode.to_json() if decode else "greedy")
     return result
 
 
-def write_report(path: str | Path, result: EvalResult, **meta: str) -> None:
+# ------------------------------------------------------------------------------------------------------
+# Decode settings: command-line options on top of a decode-params file (written by `asrkit tune`)
+# ------------------------------------------------------------------------------------------------------
+
+
+def read_decode_params(path: str | Path) -> LMDecodeOptions:
+    """The `decode` settings of a JSON file written by `asrkit tune` (a relative LM path is taken from the
+    file's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AsrkitError(f"decode parameters {path} not found; write them with `asrkit tune MODEL DEV --lm LM`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AsrkitError(f"{path}: not a JSON file ({err}); write it with `asrkit tune`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("decode"), dict):
+        raise AsrkitError(f"{path}: no \"decode\" settings; write the file with `asrkit tune`")
+    settings = dict(data["decode"])
+    lm = settings.get("lm")
+    if isinstance(lm, str) and lm and not Path(lm).is_absolute():
+        settings["lm"] = str(path.parent / lm)
+    return LMDecodeOptions.from_json(settings, str(path))
+
+
+def decode_options(model: str | Path, *, decode_params: str | Path | None = None, greedy: bool = False,
+                   lm: str | Path | None = None, beam_size: int | None = None, alpha: float | None = None,
+                   beta: float | None = None, hotwords: Sequence[str] = (), hotword_weight: float | None = None,
+                   nbest: int | None = None) -> LMDecodeOptions | None:
+    """How to decode: None for greedy, else the beam-search settings. A decode-params file (given, or MODEL's
+    folder's tune.json when no --lm is given) is the base; every option given overrides its value."""
+    given: dict[str, Any] = {k: v for k, v in {"lm": None if lm is None else str(lm), "beam_size": beam_size,
+                                               "alpha": alpha, "beta": beta, "hotword_weight": hotword_weight,
+                                               "nbest": nbest}.items() if v is not None}
+    if hotwords:
+        given["hotwords"] = tuple(h for h in hotwords if h.strip())
+    if greedy:
+        if given or decode_params is not None:
+            raise AsrkitError("--greedy cannot be combined with --lm, --beam-size, --alpha, --beta, --hotword, "
+                              "--nbest or --decode-params; drop one of them")
+        return None
+    base: LMDecodeOptions | None = None
+    if decode_params is not None:
+        base = read_decode_params(decode_params)
+    elif lm is None:
+        auto = resolve_checkpoint(model).parent / DECODE_PARAMS_NAME
+        if auto.is_file():
+            base = read_decode_params(auto)
+            say(f"decoding with the LM settings of {auto} (tuned by `asrkit tune`; --greedy to not use them)")
+    if base is None:
+        if not given:
+            return None
+        if "lm" not in given and {"alpha", "beta"} & set(given):
+            raise AsrkitError("--alpha and --beta weight a language model: pass --lm LM too (or --decode-params)")
+        base = LMDecodeOptions()
+    try:
+        return replace(base, **given)
+    except TypeError as err:
+        raise AsrkitError(str(err)) from None
+def write_report(path: str | Path, result: EvalResult, **meta: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {**meta, "wer": result.wer, "cer": result.cer, "utterances": [asdict(s) for s in result.utterances],

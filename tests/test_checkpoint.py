@@ -32,7 +32,7 @@ def make_parts(tokenizer: Tokenizer | None = None, **model: object):
     gen = torch.Generator().manual_seed(0)
     feat.fit_stats([0.1 * torch.randn(8000, generator=gen) for _ in range(2)])
     torch.manual_seed(0)
-    net = build_model(cfg.model, N_MELS, len(tok.vocab))
+    net = build_model(cfg, N_MELS, len(tok.vocab))
     # non-trivial BatchNorm running statistics, so they must be saved too
     net.train()
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_round_trip_without_feature_stats(tmp_path: Path) -> None:
     cfg = build_config({"model": {"rnn_hidden": 16, "rnn_layers": 1, "conv_channels": 2},
                         "features": {"n_mels": N_MELS, "normalize": False}})
     tok = CharTokenizer.train(["ab"])
-    net = build_model(cfg.model, N_MELS, len(tok.vocab))
+    net = build_model(cfg, N_MELS, len(tok.vocab))
     path = tmp_path / "m.pt"
     save_checkpoint(path, config=cfg, tokenizer=tok, featurizer=Featurizer(cfg.features), model=net)
     loaded = load_checkpoint(path)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from asrkit.config import ModelConfig, build_config
+from asrkit.config import Config, build_config
 from asrkit.data.tokenizer import BLANK, CharTokenizer
 from asrkit.decoding import ctc_greedy, word_timings
 from asrkit.errors import AsrkitError
@@ -19,10 +19,10 @@ N_MELS = 40
 VOCAB = 12
 
 
-def small_cfg(**model: object) -> ModelConfig:
+def small_cfg(**model: object) -> Config:
     base: dict[str, object] = {"rnn_hidden": 32, "rnn_layers": 2, "conv_channels": 4}
     base.update(model)
-    return build_config({"model": base, "features": {"n_mels": N_MELS}}).model
+    return build_config({"model": base, "features": {"n_mels": N_MELS}})
 
 
 def make_model(**model: object) -> torch.nn.Module:
@@ -180,7 +180,7 @@ def test_registry() -> None:
 
 
 def test_unknown_family() -> None:
-    cfg = build_config({"model": {"family": "wav2vec"}}).model
+    cfg = build_config({"model": {"family": "wav2vec"}})
     with pytest.raises(AsrkitError) as info:
         build_model(cfg, N_MELS, VOCAB)
     msg = str(info.value)

@@ -40,8 +40,8 @@ def test_official_split(tmp_path: Path) -> None:
     result = fsdd.prepare(ASSETS, tmp_path / "out")
     assert result.skipped == [] and list(result.splits) == ["train", "dev", "test"]
     indices = {name: {parse(u.id)[2] for u in utts} for name, utts in result.splits.items()}
-    assert indices == {"train": set(range(10, 15)), "dev": set(range(5, 10)), "test": {0, 1}}
-    assert {k: len(v) for k, v in result.splits.items()} == {"train": 200, "dev": 200, "test": 80}
+    assert indices == {"train": set(range(10, 18)), "dev": {5, 6}, "test": {0, 1}}
+    assert {k: len(v) for k, v in result.splits.items()} == {"train": 320, "dev": 80, "test": 80}
     for name in ("train", "dev", "test"):
         assert_manifest(tmp_path / "out" / f"{name}.jsonl", result.splits[name])
     for u in result.splits["test"]:
@@ -57,7 +57,7 @@ def test_dev_speakers_are_disjoint_from_train(tmp_path: Path) -> None:
     speakers = {name: {u.speaker for u in utts} for name, utts in result.splits.items()}
     assert speakers["dev"] == {"theo", "lucas"} and speakers["train"] == {"jackson", "nicolas"}
     assert speakers["test"] == SPEAKERS  # the official test split keeps every speaker
-    assert {parse(u.id)[2] for u in result.splits["dev"]} == set(range(5, 15))
+    assert {parse(u.id)[2] for u in result.splits["dev"]} == {5, 6} | set(range(10, 18))
 
 
 def test_speaker_split(tmp_path: Path) -> None:
@@ -67,8 +67,8 @@ def test_speaker_split(tmp_path: Path) -> None:
     assert speakers == {"train": {"jackson", "lucas"}, "dev": {"theo"}, "test": {"nicolas"}}
     assert len(result.splits["test"]) == 120  # every recording of nicolas, indices 0-1 included
     carved = fsdd.prepare(ASSETS, tmp_path / "carved", split="speaker", test_speakers=["nicolas"])
-    assert {parse(u.id)[2] for u in carved.splits["dev"]} == set(range(5, 10))
-    assert {parse(u.id)[2] for u in carved.splits["train"]} == {0, 1} | set(range(10, 15))
+    assert {parse(u.id)[2] for u in carved.splits["dev"]} == {5, 6}
+    assert {parse(u.id)[2] for u in carved.splits["train"]} == {0, 1} | set(range(10, 18))
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -105,7 +105,7 @@ def test_wrong_layout_says_what_is_expected(tmp_path: Path) -> None:
 def test_odd_files_are_skipped_not_lost(tmp_path: Path) -> None:
     recordings = tmp_path / "fsdd" / "recordings"
     recordings.mkdir(parents=True)
-    for name in ("3_theo_0.wav", "3_theo_7.wav", "4_theo_20.wav", "5_lucas_12.wav"):
+    for name in ("3_theo_0.wav", "3_theo_6.wav", "4_theo_20.wav", "5_lucas_12.wav"):
         shutil.copy(FSDD_ASSETS / name.replace("_20", "_12"), recordings / name)
     (recordings / "README.txt").write_text("hello")
     (recordings / "x_theo_1.wav").write_bytes(b"odd name")

@@ -17,6 +17,10 @@ class ASRModel(nn.Module):
 
     time_reduction: int = 1  # feature frames per output frame
 
+    def on_step(self, step: int) -> None:
+        """Called by the trainer before every optimiser step, for schedules inside a model (e.g. the
+        sampling rate of scheduled sampling). Most models ignore it."""
+
     def loss(self, batch: Batch) -> torch.Tensor:
         """Scalar training loss of a padded batch."""
         raise NotImplementedError
