@@ -210,6 +210,9 @@ def train(
     result = fit(cfg, data, exp, resume=resume, progress=progress)
     best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""
     typer.echo(f"trained {result.steps} steps, {result.epochs} epochs{best}; checkpoints in {exp}")
+    if result.skipped:
+        typer.echo(f"{len(result.skipped)} utterance(s) skipped (unreadable audio): see {exp}/skipped.tsv", err=True)
+        raise typer.Exit(1)
 
 
 class OutputFormat(StrEnum):

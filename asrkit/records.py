@@ -41,6 +41,7 @@ class Batch:
     targets: torch.Tensor
     target_lens: torch.Tensor
     texts: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items that could not be loaded
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return replace(

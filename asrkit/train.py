@@ -27,7 +27,7 @@ from asrkit.data.features import Featurizer
 from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
 from asrkit.data.manifest import read_manifest
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
-from asrkit.errors import AsrkitError
+from asrkit.errors import AsrkitError, AudioError
 from asrkit.models import ASRModel, build_model
 from asrkit.progress import Progress, say
 from asrkit.records import Utterance
@@ -44,6 +44,7 @@ class FitResult:
     epochs: int
     best_wer: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # utterance id -> why its audio was left out
 
 
 def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool = False,
@@ -62,12 +63,13 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
         tokenizer, featurizer, model, state = loaded.tokenizer, loaded.featurizer, loaded.model, loaded.state
     else:
         tokenizer = _train_tokenizer(cfg, train_utts, data_dir)
-        featurizer = _fit_featurizer(cfg, train_utts, progress)
+        skipped: dict[str, str] = {}
+        featurizer = _fit_featurizer(cfg, train_utts, progress, skipped)
         model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(device)
-        state = {}
+        state = {"skipped": skipped}
     _check_dev_text(tokenizer, dev_utts, data_dir)
     optimizer = _make_optimizer(cfg, model)
-    if state:
+    if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"])
         random.setstate(_as_tuple(state["rng_python"]))
@@ -95,6 +97,10 @@ class _Loop:
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.best_wer = float(state.get("best_wer", math.inf))
         self.history: list[dict[str, Any]] = list(state.get("history", []))
+        self.skipped: dict[str, str] = dict(state.get("skipped", {}))
+        if self.skipped:
+            _write_lines(exp_dir / "skipped.tsv", ["id\treason"] + [f"{k}\t{v}" for k, v in self.skipped.items()])
+        self.nonfinite = int(state.get("nonfinite", 0))  # batches skipped for a non-finite loss, in all
         self.bad_steps = 0
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
@@ -116,7 +122,12 @@ class _Loop:
                 self.writer.close()
         if self.batch_in_epoch:
             self._save("last.pt")
-        return FitResult(self.step, self.epoch, self.best_wer, self.history)
+        if self.nonfinite:
+            say(f"{self.nonfinite} batch(es) skipped for a non-finite loss (never applied to the weights)")
+        if self.skipped:
+            say(f"{len(self.skipped)} training utterance(s) skipped because their audio could not be read; "
+                f"listed in {self.exp_dir / 'skipped.tsv'}")
+        return FitResult(self.step, self.epoch, self.best_wer, self.history, self.skipped)
 
     def _done(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
@@ -137,7 +148,8 @@ class _Loop:
         with Progress(f"epoch {self.epoch + 1}/{t.epochs}", total, enabled=progress) as bar:
             bar.advance(self.batch_in_epoch)
             for batch in loader:
-                loss = self._step(batch.to(self.device, non_blocking=True))
+                self._note_failed(batch.failed)
+                loss = self._step(batch.to(self.device, non_blocking=True)) if batch.ids else None
                 self.batch_in_epoch += 1
                 utts += len(batch.ids)
                 if loss is not None:
@@ -150,6 +162,16 @@ class _Loop:
                     return
         self.batch_in_epoch = 0
 
+    def _note_failed(self, failed: list[tuple[str, str]]) -> None:
+        """Unreadable audio: say so once per utterance, keep the list in skipped.tsv and the checkpoint."""
+        new = [(utt_id, reason) for utt_id, reason in failed if utt_id not in self.skipped]
+        for utt_id, reason in new:
+            say(f"skipping {utt_id}: {reason}")
+            self.skipped[utt_id] = reason
+        if new:
+            lines = [f"{k}\t{v}" for k, v in self.skipped.items()]
+            _write_lines(self.exp_dir / "skipped.tsv", ["id\treason", *lines])
+
     def _step(self, batch: Any) -> float | None:
         """One optimiser step; a non-finite loss skips the batch (counted, logged, never saved)."""
         t = self.cfg.train
@@ -160,6 +182,9 @@ class _Loop:
             loss = self.model.loss(batch)
         if not torch.isfinite(loss):
             self.bad_steps += 1
+            self.nonfinite += 1
+            if self.writer is not None:
+                self.writer.add_scalar("train/nonfinite_batches", self.nonfinite, self.step)
             say(f"step {self.step}: non-finite loss on {', '.join(batch.ids[:3])}...; batch skipped "
                 f"({self.bad_steps} in a row)")
             if self.bad_steps >= t.max_bad_steps:
@@ -197,8 +222,7 @@ class _Loop:
         if improved or not self.dev_utts:
             shutil.copyfile(self.exp_dir / "last.pt", self.exp_dir / ".best.pt.tmp")
             (self.exp_dir / ".best.pt.tmp").replace(self.exp_dir / "best.pt")
-        with (self.exp_dir / "history.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        _write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])
         dev = f" dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}" if "dev_wer" in record else ""
         say(f"epoch {record['epoch']} step {self.step}{dev}{' (best)' if improved else ''}")
 
@@ -213,7 +237,8 @@ class _Loop:
         state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best_wer": self.best_wer, "history": self.history, "optimizer": self.optimizer.state_dict(),
-            "rng_torch": torch.get_rng_state(), "rng_python": list(random.getstate()),
+            "rng_torch": torch.get_rng_state(), "rng_python": list(random.getstate()), "skipped": self.skipped,
+            "nonfinite": self.nonfinite,
         }
         save_checkpoint(self.exp_dir / name, config=self.cfg, tokenizer=self.tokenizer,
                         featurizer=self.featurizer, model=self.model, train_state=state)
@@ -258,17 +283,29 @@ def _check_dev_text(tokenizer: Tokenizer, dev_utts: list[Utterance], data_dir: P
             f"dev WER): {describe_unencodable(bad)}")
 
 
-def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool) -> Featurizer:
-    """Mean/variance statistics over the training set (every utterance; it is one cheap pass)."""
+def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped: dict[str, str]) -> Featurizer:
+    """Mean/variance statistics over the training set (every utterance; it is one cheap pass).
+    Unreadable audio is recorded in `skipped` (and said once) instead of stopping the run."""
     featurizer = Featurizer(cfg.features)
     if cfg.features.normalize:
         with Progress("feature statistics", len(utts), enabled=progress) as bar:
             def waves() -> Any:
                 for utt in utts:
-                    yield load_audio(utt.audio_filepath, cfg.features.sample_rate)
                     bar.advance(1)
+                    try:
+                        yield load_audio(utt.audio_filepath, cfg.features.sample_rate)
+                    except AudioError as err:
+                        say(f"skipping {utt.id}: {err}")
+                        skipped[utt.id] = str(err)
             featurizer.fit_stats(waves())
     return featurizer
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Rewrite a small text file atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _make_optimizer(cfg: Config, model: ASRModel) -> torch.optim.Optimizer:

@@ -106,7 +106,7 @@ def test_top_level_scalar_in_toml_lists_sections(tmp_path: Path) -> None:
         load_config(path)
     msg = str(info.value)
     assert "'lr'" in msg
-    for section in ("features", "tokenizer", "model", "train", "decode"):
+    for section in ("features", "tokenizer", "model", "las", "transducer", "train", "decode"):
         assert section in msg
 
 
@@ -222,7 +222,7 @@ def test_unknown_section_lists_valid_sections() -> None:
         build_config({"optim": {"lr": 0.1}})
     msg = str(info.value)
     assert "unknown config section [optim]" in msg
-    assert "valid sections: features, tokenizer, model, train, decode" in msg
+    assert "valid sections: features, tokenizer, model, las, transducer, train, decode" in msg
 
 
 def test_unknown_section_from_set() -> None:
@@ -301,7 +301,7 @@ def test_unknown_preset_lists_valid_presets() -> None:
 def test_round_trip(overrides: dict) -> None:
     cfg = build_config(overrides)
     data = cfg.to_dict()
-    assert set(data) == {"features", "tokenizer", "model", "train", "decode"}
+    assert set(data) == {"features", "tokenizer", "model", "las", "transducer", "train", "decode"}
     assert config_from_dict(data) == cfg
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from asrkit.data.audio import load_audio
 from asrkit.data.features import Featurizer, NoiseSource, spec_augment
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
-from asrkit.errors import AsrkitError
+from asrkit.errors import AsrkitError, AudioError
 from asrkit.records import Batch, Utterance
 
 
@@ -23,6 +23,7 @@ class Item:
     feats: torch.Tensor  # (T, F)
     targets: torch.Tensor  # (U,)
     text: str
+    error: str = ""  # why the audio could not be loaded; such an item is left out of the batch
 
 
 class SpeechDataset(Dataset[Item]):
@@ -57,7 +58,11 @@ class SpeechDataset(Dataset[Item]):
 
     def __getitem__(self, index: int) -> Item:
         utt = self.utts[index]
-        wave = load_audio(utt.audio_filepath, self.featurizer.cfg.sample_rate)
+        try:
+            wave = load_audio(utt.audio_filepath, self.featurizer.cfg.sample_rate)
+        except AudioError as err:
+            empty = torch.zeros(0, self.featurizer.cfg.n_mels)
+            return Item(utt.id, empty, torch.zeros(0, dtype=torch.long), utt.text, error=str(err))
         rng = random.Random(hash((self.seed, self.epoch, index)))
         if self.noise is not None:
             wave = self.noise(wave, rng)
@@ -69,7 +74,14 @@ class SpeechDataset(Dataset[Item]):
 
 
 def collate(items: Sequence[Item]) -> Batch:
-    """Pad to the longest item: feats (B, T, F) with zeros, targets (B, U) with 0 (the blank)."""
+    """Pad to the longest item: feats (B, T, F) with zeros, targets (B, U) with 0 (the blank).
+
+    Items whose audio failed to load are left out and listed in `Batch.failed`; B can then be 0."""
+    failed = [(it.id, it.error) for it in items if it.error]
+    items = [it for it in items if not it.error]
+    if not items:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch([], torch.zeros(0, 0, 0), empty, torch.zeros(0, 1, dtype=torch.long), empty, [], failed)
     feat_lens = torch.tensor([it.feats.shape[0] for it in items], dtype=torch.long)
     target_lens = torch.tensor([len(it.targets) for it in items], dtype=torch.long)
     feats = torch.zeros(len(items), int(feat_lens.max()), items[0].feats.shape[1])
@@ -77,7 +89,7 @@ def collate(items: Sequence[Item]) -> Batch:
     for i, it in enumerate(items):
         feats[i, : it.feats.shape[0]] = it.feats
         targets[i, : len(it.targets)] = it.targets
-    return Batch([it.id for it in items], feats, feat_lens, targets, target_lens, [it.text for it in items])
+    return Batch([it.id for it in items], feats, feat_lens, targets, target_lens, [it.text for it in items], failed)
 
 
 class DurationBatchSampler(Sampler[list[int]]):
