@@ -8,7 +8,8 @@
 #   3 sample    asrkit transcribe three test utterances
 # Only the asrkit CLI is called. Run from anywhere; paths are relative to this folder.
 set -euo pipefail
-cd "$(dirname "$0")"
+script=$(realpath "$0")
+cd "$(dirname "$script")"
 
 stage=0
 stop_stage=100
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     --exp) exp=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$script"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,5 +62,6 @@ fi
 
 if run_stage 3; then
   log 3 "transcribe three test utterances"
-  asrkit transcribe "$exp" $(head -n 3 "$data/test.jsonl" | sed 's/.*"audio_filepath": "\([^"]*\)".*/\1/')
+  mapfile -t wavs < <(head -n 3 "$data/test.jsonl" | sed 's/.*"audio_filepath": "\([^"]*\)".*/\1/')
+  asrkit transcribe "$exp" "${wavs[@]}"
 fi
