@@ -208,11 +208,31 @@ def train(
 
     cfg = load_config(config, set_ or [])
     result = fit(cfg, data, exp, resume=resume, progress=progress)
+    if not result.main:  # another DDP rank: rank 0 reports
+        raise typer.Exit(1 if result.skipped else 0)
     best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""
     typer.echo(f"trained {result.steps} steps, {result.epochs} epochs{best}; checkpoints in {exp}")
     if result.skipped:
         typer.echo(f"{len(result.skipped)} utterance(s) skipped (unreadable audio): see {exp}/skipped.tsv", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def average(
+    exp: Annotated[Path, typer.Argument(help="Experiment folder holding epoch-<k>.pt checkpoints (train with "
+                                        "--set train.keep_epochs=N to keep the last N).")],
+    last: Annotated[int, typer.Option(help="Average the weights of the last N epoch checkpoints.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the averaged checkpoint "
+                                             "(default: EXP/averaged-last<N>.pt).")] = None,
+) -> None:
+    """Average the last N epoch checkpoints into one model for transcribe / evaluate."""
+    from asrkit.average import average as run
+
+    if last < 1:
+        raise AsrkitError(f"--last {last} must be at least 1")
+    path = run(exp, last, out)
+    typer.echo(f"averaged the last {last} epoch checkpoint(s) of {exp} into {path}")
 
 
 class OutputFormat(StrEnum):
@@ -255,7 +275,7 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest with reference text.")],
     report: Annotated[Path | None, typer.Option(help="JSON report: overall and per-utterance errors "
-                                                "[default: <manifest stem>.report.json beside the model].")] = None,
+                                                "(default: <manifest stem>.report.json beside the model).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 16,
 ) -> None:

@@ -58,10 +58,56 @@ class ModelConfig:
 class LASConfig:
     """Listen, Attend and Spell sizes (used when model.family = "las")."""
 
+    conv_layers: int = 0  # listener front end: 3x3 convolutions with stride 2 in time and frequency (0-3)
+    conv_channels: int = 32  # channels of each of those convolutions
+    listener_layers: int = 4  # bidirectional LSTM layers of the listener
+    pyramid_layers: int = 3  # the top ones read pairs of frames concatenated: time reduction 2^this (x8)
+    listener_hidden: int = 256  # LSTM units per direction (listener output: twice this)
+    attention: str = "location"  # dot (Chan et al.) | additive (Bahdanau et al.) | location (Chorowski et al.)
+    attention_heads: int = 1  # heads, each with its own weights over the listener frames (Chiu et al.: 4)
+    attention_dim: int = 256  # query / key projection size, split between the heads
+    location_channels: int = 32  # location-aware: filters over the previous attention weights
+    location_kernel: int = 31  # location-aware: width of those filters in listener frames (odd)
+    embedding_dim: int = 128  # output-token embedding of the speller
+    speller_layers: int = 2  # LSTM layers of the speller
+    speller_hidden: int = 512  # LSTM units of the speller
+    dropout: float = 0.1  # between LSTM layers of the listener and of the speller
+    label_smoothing: float = 0.1  # probability mass spread uniformly over the vocabulary in the loss
+    sampling_rate: float = 0.1  # scheduled sampling: highest chance of feeding the model's own sample back
+    sampling_start_step: int = 0  # the chance ramps linearly from 0 at this optimiser step ...
+    sampling_end_step: int = 2000  # ... to sampling_rate at this one
+    ctc_weight: float = 0.0  # CTC head on the listener: loss = (1 - w) attention + w CTC; 0 = no head
+    beam_size: int = 4  # decoding: hypotheses kept per step; 1 = greedy
+    nbest: int = 1  # hypotheses kept in n-best lists (decode_nbest); at most beam_size
+    length_penalty: float = 0.0  # GNMT alpha: hypotheses ranked by log p / ((5 + length) / 6)^alpha
+    coverage_penalty: float = 0.0  # GNMT beta: + beta * sum over frames of log min(attention received, 1)
+    max_len_ratio: float = 2.0  # at most this many output tokens per listener frame
+    lm_path: str = ""  # shallow fusion: KenLM model whose words are the tokens (asrkit.models.las.UnitLM)
+    lm_weight: float = 0.0  # shallow fusion: weight of the LM log-probability (0 = no fusion)
+    ctc_decode_weight: float = 0.0  # joint decoding: (1 - w) attention + w CTC prefix score (needs ctc_weight > 0)
+
 
 @dataclass(frozen=True)
 class TransducerConfig:
     """RNN-Transducer sizes (used when model.family = "transducer")."""
+
+    encoder_layers: int = 4  # stacked LSTM layers of the encoder (transcription network)
+    encoder_hidden: int = 320  # LSTM units per direction in every encoder layer
+    bidirectional: bool = False  # True: better offline accuracy, but the model can no longer stream
+    input_stack: int = 3  # feature frames concatenated per encoder input frame (10 ms -> 30 ms)
+    time_reduction: int = 2  # frames concatenated by the time-reduction layer (He et al. 2018); 1 = none
+    reduction_after: int = 1  # encoder layers below the time-reduction layer (0 = right after input stacking)
+    layer_norm: bool = True  # LayerNorm on every encoder layer's output (per frame: streaming-safe)
+    predictor_embed: int = 128  # token embedding size of the prediction network (blank = start symbol)
+    predictor_layers: int = 1  # LSTM layers of the prediction network
+    predictor_hidden: int = 320  # LSTM units of the prediction network
+    joint_dim: int = 320  # joint network: encoder and predictor projected to this size, added, tanh, -> vocab
+    dropout: float = 0.1  # dropout after encoder layers, on the predictor's embeddings and outputs
+    joint_max_elements: int = 50_000_000  # loss sub-batch cap on B*T'*(U+1)*(V+joint_dim); ~8 bytes each
+    decoding: str = "greedy"  # greedy | beam (time-synchronous beam search, Saon et al. 2020)
+    beam_size: int = 4  # hypotheses kept per encoder frame when decoding = "beam"
+    nbest: int = 1  # hypotheses kept in n-best lists (decode_nbest); at most beam_size
+    max_symbols: int = 4  # most tokens emitted per encoder frame while decoding
 
 
 @dataclass(frozen=True)
@@ -85,6 +131,9 @@ class TrainConfig:
     save_every_steps: int = 200  # also write `last` this often inside an epoch (0 = only per epoch)
     log_every_steps: int = 10  # TensorBoard scalars
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses
+    accum_steps: int = 1  # micro-batches (per rank) per optimiser step: global batch = ranks x accum_steps batches
+    patience: int = 0  # stop after this many epochs without a new best dev WER (0 = never stop early)
+    keep_epochs: int = 0  # keep EXP/epoch-<k>.pt of the last this-many epochs, for `asrkit average` (0 = none)
 
 
 @dataclass(frozen=True)

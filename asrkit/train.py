@@ -1,41 +1,70 @@
 """fit(): one training loop you can read top to bottom.
 
 Set-up (manifests, tokenizer, feature statistics, model, optimiser) -> epochs of SortaGrad batches with
-warm-up + per-epoch annealing, gradient clipping and bf16 autocast on CUDA -> dev WER/CER after each
-epoch -> `last.pt` (and `best.pt` on a new best dev WER) written atomically. A `last.pt` also holds the
-optimiser, the sampler position and the RNG states, so `resume=True` continues after a kill.
+warm-up + per-epoch annealing, gradient accumulation, gradient clipping and bf16 autocast on CUDA -> dev
+WER/CER after each epoch -> `last.pt` (and `best.pt` on a new best dev WER, `epoch-<k>.pt` with
+train.keep_epochs) written atomically; train.patience stops early. A `last.pt` also holds the optimiser, the
+sampler position and the RNG states, so `resume=True` continues after a kill.
+
+Under torchrun (WORLD_SIZE > 1 in the environment) every rank runs this same loop on its own share of the
+batches, through DistributedDataParallel. One optimiser step takes `accum_steps` batches on every rank, and
+its loss is the mean over all the utterances of the step, on all ranks: N ranks x k micro-batches train
+exactly like one process with N*k micro-batches. Rank 0 alone computes the set-up statistics, decodes dev,
+writes files and prints; the others receive what it decides.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import math
+import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
+from asrkit.average import epoch_checkpoints
 from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
 from asrkit.data.audio import load_audio
 from asrkit.data.features import Featurizer
 from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
 from asrkit.data.manifest import read_manifest
-from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
+from asrkit.data.tokenizer import (
+    Tokenizer,
+    describe_unencodable,
+    find_unencodable,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.models import ASRModel, build_model
 from asrkit.progress import Progress, say
-from asrkit.records import Utterance
+from asrkit.records import Batch, Utterance
 from asrkit.transcribe import decode_utterances, pick_device, score
+
+T = TypeVar("T")
 
 # Keys that may change when resuming; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "device", "save_every_steps", "log_every_steps",
-                     "max_bad_steps"}
+                     "max_bad_steps", "accum_steps", "patience", "keep_epochs"}
+# Rank 0 alone computes feature statistics and decodes dev while the other ranks wait for it.
+DIST_TIMEOUT = timedelta(hours=2)
+# DDP's argument that stops it copying rank 0's buffers to the others before every forward (renamed in torch 2.14).
+_DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+_NO_BUFFER_SYNC: dict[str, Any] = {"forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS
+                                   else "broadcast_buffers": False}
 
 
 @dataclass
@@ -45,37 +74,47 @@ class FitResult:
     best_wer: float
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # utterance id -> why its audio was left out
+    stopped_early: bool = False  # train.patience epochs passed without a new best dev WER
+    audio_seconds: float = 0.0  # audio trained on in this call (all ranks), without padding
+    train_seconds: float = 0.0  # wall time of this call's training epochs (no set-up, dev decoding)
+    main: bool = True  # False on DDP ranks other than 0: they print nothing
 
 
 def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool = False,
         progress: bool = True) -> FitResult:
     """Train on data_dir/train.jsonl (dev WER on data_dir/dev.jsonl when present) into exp_dir."""
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
+    _check_train_config(cfg)
     train_utts = read_manifest(data_dir / "train.jsonl")
     dev_utts = read_manifest(data_dir / "dev.jsonl") if (data_dir / "dev.jsonl").is_file() else []
-    _prepare_exp_dir(exp_dir, resume)
-    device = pick_device(cfg.train.device)
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)  # before the model is built: its initial weights depend on it
-    if resume:
-        loaded = load_checkpoint(exp_dir / "last.pt", device)
-        cfg = _resumed_config(loaded.config, cfg)
-        tokenizer, featurizer, model, state = loaded.tokenizer, loaded.featurizer, loaded.model, loaded.state
-    else:
-        tokenizer = _train_tokenizer(cfg, train_utts, data_dir)
-        skipped: dict[str, str] = {}
-        featurizer = _fit_featurizer(cfg, train_utts, progress, skipped)
-        model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(device)
-        state = {"skipped": skipped}
-    _check_dev_text(tokenizer, dev_utts, data_dir)
-    optimizer = _make_optimizer(cfg, model)
-    if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate(_as_tuple(state["rng_python"]))
-    (exp_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    loop = _Loop(cfg, model, optimizer, tokenizer, featurizer, train_utts, dev_utts, exp_dir, device, state)
-    return loop.run(progress)
+    group = _Group.start(cfg.train.device)
+    try:
+        group.from_main(lambda: _prepare_exp_dir(exp_dir, resume))
+        random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # before the model is built: its initial weights depend on it
+        if resume:
+            loaded = load_checkpoint(_last_checkpoint(exp_dir, group.rank), group.device)
+            cfg = _resumed_config(loaded.config, cfg)
+            tokenizer, featurizer, model, state = loaded.tokenizer, loaded.featurizer, loaded.model, loaded.state
+        else:
+            tok, stats, skipped = group.from_main(lambda: _fit_data(cfg, train_utts, data_dir, progress))
+            tokenizer, featurizer = tokenizer_from_dict(tok), Featurizer(cfg.features, *stats)
+            model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(group.device)
+            state = {"skipped": skipped}
+        if group.main:
+            _check_dev_text(tokenizer, dev_utts, data_dir)
+        optimizer = _make_optimizer(cfg, model)
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+            _restore_rng(state, group, cfg.train.seed)
+        elif group.world > 1:
+            torch.manual_seed(cfg.train.seed + group.rank)  # the same weights everywhere, different dropout masks
+        if group.main:
+            (exp_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        loop = _Loop(cfg, model, optimizer, tokenizer, featurizer, train_utts, dev_utts, exp_dir, group, state)
+        return loop.run(progress and group.main)
+    finally:
+        group.close()
 
 
 class _Loop:
@@ -83,51 +122,71 @@ class _Loop:
 
     def __init__(self, cfg: Config, model: ASRModel, optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
                  featurizer: Featurizer, train_utts: list[Utterance], dev_utts: list[Utterance], exp_dir: Path,
-                 device: torch.device, state: dict[str, Any]) -> None:
+                 group: _Group, state: dict[str, Any]) -> None:
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.tokenizer, self.featurizer = tokenizer, featurizer
-        self.dev_utts, self.exp_dir, self.device = dev_utts, exp_dir, device
+        self.dev_utts, self.exp_dir, self.group, self.device = dev_utts, exp_dir, group, group.device
+        self.say = say if group.main else _quiet
         t = cfg.train
         self.dataset = SpeechDataset(train_utts, featurizer, tokenizer, augment=True, seed=t.seed,
                                      manifest="train.jsonl")
         self.sampler = DurationBatchSampler([u.duration for u in train_utts], t.batch_seconds, t.max_batch_size,
-                                            sortagrad=t.sortagrad, seed=t.seed)
+                                            sortagrad=t.sortagrad, seed=t.seed, rank=group.rank,
+                                            world_size=group.world)
         self.step = int(state.get("step", 0))
         self.epoch = int(state.get("epoch", 0))
-        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # this rank's batches (micro-batches) consumed
+        saved_world = int(state.get("world_size", 1))
+        if self.batch_in_epoch and saved_world != group.world:  # same global position, rounded up
+            self.batch_in_epoch = -(-self.batch_in_epoch * saved_world // group.world)
+            self.say(f"note: resuming on {group.world} rank(s) instead of {saved_world}: mid-epoch position rounded")
         self.best_wer = float(state.get("best_wer", math.inf))
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
-        if self.skipped:
+        if self.skipped and group.main:
             _write_lines(exp_dir / "skipped.tsv", ["id\treason"] + [f"{k}\t{v}" for k, v in self.skipped.items()])
-        self.nonfinite = int(state.get("nonfinite", 0))  # batches skipped for a non-finite loss, in all
+        self.nonfinite = int(state.get("nonfinite", 0))  # steps skipped for a non-finite loss, in all
         self.bad_steps = 0
-        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
-        self.writer = _tensorboard(exp_dir / "tb")
+        self.stopped_early = self._out_of_patience()
+        self.audio_seconds = self.train_seconds = 0.0
+        if t.patience and not dev_utts:
+            self.say("note: train.patience needs a dev.jsonl to measure WER on; training will not stop early")
+        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        self.writer = _tensorboard(exp_dir / "tb") if group.main else None
+        # DDP averages gradients in hooks it sets up in its forward(): the loss must be computed through it.
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self.compute_loss: Callable[[Batch], torch.Tensor] = model.loss
+        if group.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                _LossOf(model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **_NO_BUFFER_SYNC)  # BatchNorm statistics are averaged over ranks when saving instead
+            self.compute_loss = self.ddp
 
     def run(self, progress: bool) -> FitResult:
         t = self.cfg.train
         try:
-            while self.epoch < t.epochs and not self._done():
+            while self.epoch < t.epochs and not self._done() and not self.stopped_early:
                 self._train_epoch(progress)
                 if self.batch_in_epoch == 0:  # the epoch finished (not stopped by max_steps)
                     self._end_epoch()
         except KeyboardInterrupt:
-            self._save("last.pt")
-            say(f"interrupted at step {self.step}; `last.pt` saved. Continue with --resume.")
+            self._save("last.pt", collective=False)
+            self.say(f"interrupted at step {self.step}; `last.pt` saved. Continue with --resume.")
             raise
         finally:
             if self.writer is not None:
                 self.writer.close()
         if self.batch_in_epoch:
             self._save("last.pt")
+        self.group.barrier()  # the other ranks return once rank 0 has written everything
         if self.nonfinite:
-            say(f"{self.nonfinite} batch(es) skipped for a non-finite loss (never applied to the weights)")
+            self.say(f"{self.nonfinite} step(s) skipped for a non-finite loss (never applied to the weights)")
         if self.skipped:
-            say(f"{len(self.skipped)} training utterance(s) skipped because their audio could not be read; "
-                f"listed in {self.exp_dir / 'skipped.tsv'}")
-        return FitResult(self.step, self.epoch, self.best_wer, self.history, self.skipped)
+            self.say(f"{len(self.skipped)} training utterance(s) skipped because their audio could not be read; "
+                     f"listed in {self.exp_dir / 'skipped.tsv'}")
+        return FitResult(self.step, self.epoch, self.best_wer, self.history, self.skipped, self.stopped_early,
+                         self.audio_seconds, self.train_seconds, self.group.main)
 
     def _done(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
@@ -142,106 +201,266 @@ class _Loop:
         self.model.train()
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.dataset.set_epoch(self.epoch)
-        loader = make_loader(self.dataset, self.sampler, t.num_workers, pin_memory=self.device.type == "cuda")
+        loader = iter(make_loader(self.dataset, self.sampler, t.num_workers, pin_memory=self.device.type == "cuda"))
         total = len(self.sampler) + self.batch_in_epoch
         started, utts, loss_avg = time.monotonic(), 0, None
-        with Progress(f"epoch {self.epoch + 1}/{t.epochs}", total, enabled=progress) as bar:
-            bar.advance(self.batch_in_epoch)
-            for batch in loader:
-                self._note_failed(batch.failed)
-                loss = self._step(batch.to(self.device, non_blocking=True)) if batch.ids else None
-                self.batch_in_epoch += 1
-                utts += len(batch.ids)
-                if loss is not None:
-                    loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
-                rate = utts / max(time.monotonic() - started, 1e-6)
-                bar.advance(1, loss=loss_avg, rate=rate)
-                if t.save_every_steps and self.step % t.save_every_steps == 0:
-                    self._save("last.pt")
-                if self._done():
-                    return
-        self.batch_in_epoch = 0
+        try:
+            with Progress(f"epoch {self.epoch + 1}/{t.epochs}", total, enabled=progress) as bar:
+                bar.advance(self.batch_in_epoch)
+                while batches := list(itertools.islice(loader, t.accum_steps)):  # the same count on every rank
+                    step_utts, loss = self._step(batches)
+                    self.batch_in_epoch += len(batches)
+                    utts += step_utts
+                    if loss is not None:
+                        loss_avg = loss if loss_avg is None else 0.9 * loss_avg + 0.1 * loss
+                    bar.advance(len(batches), loss=loss_avg, rate=utts / max(time.monotonic() - started, 1e-6))
+                    if t.save_every_steps and self.step % t.save_every_steps == 0:
+                        self._save("last.pt")
+                    if self._done():
+                        return
+            self.batch_in_epoch = 0
+        finally:
+            self.train_seconds += time.monotonic() - started
 
-    def _note_failed(self, failed: list[tuple[str, str]]) -> None:
-        """Unreadable audio: say so once per utterance, keep the list in skipped.tsv and the checkpoint."""
-        new = [(utt_id, reason) for utt_id, reason in failed if utt_id not in self.skipped]
-        for utt_id, reason in new:
-            say(f"skipping {utt_id}: {reason}")
-            self.skipped[utt_id] = reason
-        if new:
-            lines = [f"{k}\t{v}" for k, v in self.skipped.items()]
-            _write_lines(self.exp_dir / "skipped.tsv", ["id\treason", *lines])
+    def _step(self, batches: list[Batch]) -> tuple[int, float | None]:
+        """One optimiser step on this rank's micro-batches -> (utterances in the step on all ranks, mean loss).
 
-    def _step(self, batch: Any) -> float | None:
-        """One optimiser step; a non-finite loss skips the batch (counted, logged, never saved)."""
+        Each micro-batch's mean loss is weighted by its share of all the step's utterances (times the number of
+        ranks, as DDP divides the summed gradients by it); gradients are exchanged on the last micro-batch
+        only. A non-finite loss or gradient norm skips the step on every rank (counted, logged, never saved)."""
         t = self.cfg.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr()
+        failed = [f for b in batches for f in b.failed]
+        frames = sum(int(b.feat_lens.sum()) for b in batches)
+        batches = [b.to(self.device, non_blocking=True) for b in batches if b.ids]
+        local = sum(len(b.ids) for b in batches)
+        total, empty_ranks, n_failed = self.group.sum(local, local == 0, len(failed))
+        if n_failed:
+            self._note_failed(self.group.gather(failed))
+        if total == 0 or empty_ranks:  # nothing readable here: a rank without a batch cannot join the exchange
+            if total:
+                self.say(f"step {self.step}: {int(empty_ranks)} rank(s) have no readable audio; step skipped")
+            return int(total), None
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self._lr()
         self.model.on_step(self.step)
-        with self.autocast:
-            loss = self.model.loss(batch)
-        if not torch.isfinite(loss):
-            self.bad_steps += 1
-            self.nonfinite += 1
-            if self.writer is not None:
-                self.writer.add_scalar("train/nonfinite_batches", self.nonfinite, self.step)
-            say(f"step {self.step}: non-finite loss on {', '.join(batch.ids[:3])}...; batch skipped "
-                f"({self.bad_steps} in a row)")
-            if self.bad_steps >= t.max_bad_steps:
-                raise AsrkitError(f"{self.bad_steps} non-finite losses in a row; lower train.lr or check the data "
-                                  f"(utterances whose transcript is longer than the audio allows)")
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.bad_steps = 0
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        losses = []
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
+                with self.autocast:
+                    loss = self.compute_loss(batch)
+                (loss * (len(batch.ids) * self.group.world / total)).backward()
+            losses.append(loss.detach().float())
+        loss_sum = sum(loss * len(b.ids) for loss, b in zip(losses, batches, strict=True))
+        loss_total, frames_total = self.group.sum(loss_sum, frames)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip) \
+            if math.isfinite(loss_total) else None
+        if grad_norm is None or not torch.isfinite(grad_norm):  # the same on every rank: gradients are averaged
+            self._skip_step([b.ids for loss, b in zip(losses, batches, strict=True) if not torch.isfinite(loss)])
+            return int(total), None
+        self.bad_steps = 0
         self.optimizer.step()
         self.step += 1
-        value = float(loss.detach())
+        self.audio_seconds += frames_total * self.cfg.features.hop_ms / 1000
+        value = loss_total / total
         if self.writer is not None and self.step % max(t.log_every_steps, 1) == 0:
             self.writer.add_scalar("train/loss", value, self.step)
             self.writer.add_scalar("train/lr", self._lr(), self.step)
             self.writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
-        return value
+        return int(total), value
+
+    def _skip_step(self, bad_ids: list[list[str]]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.nonfinite += 1
+        if self.writer is not None:
+            self.writer.add_scalar("train/nonfinite_batches", self.nonfinite, self.step)
+        where = f"[rank {self.group.rank}] " if self.group.world > 1 else ""
+        ids = [i for part in bad_ids for i in part]
+        if ids:  # said by the rank whose batch it was
+            say(f"{where}step {self.step}: non-finite loss on {', '.join(ids[:3])}...; step skipped "
+                f"({self.bad_steps} in a row)")
+        else:
+            self.say(f"step {self.step}: non-finite loss on another rank, or gradient norm; step skipped "
+                     f"({self.bad_steps} in a row)")
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            raise AsrkitError(f"{self.bad_steps} non-finite losses in a row; lower train.lr or check the data "
+                              f"(utterances whose transcript is longer than the audio allows)")
+
+    def _note_failed(self, failed_per_rank: list[list[tuple[str, str]]]) -> None:
+        """Unreadable audio: say so once per utterance, keep the list in skipped.tsv and the checkpoint."""
+        new = [(utt_id, reason) for part in failed_per_rank for utt_id, reason in part if utt_id not in self.skipped]
+        for utt_id, reason in new:
+            self.say(f"skipping {utt_id}: {reason}")
+            self.skipped[utt_id] = reason
+        if new and self.group.main:
+            lines = [f"{k}\t{v}" for k, v in self.skipped.items()]
+            _write_lines(self.exp_dir / "skipped.tsv", ["id\treason", *lines])
 
     def _end_epoch(self) -> None:
+        self.group.average_buffers(self.model)  # BatchNorm statistics of all ranks, before dev is decoded
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step}
         if self.dev_utts:
-            result = self.evaluate()
-            record.update(dev_wer=result[0], dev_cer=result[1])
+            record = self.group.from_main(lambda: {**record, **self.evaluate()})
             if self.writer is not None:
-                self.writer.add_scalar("dev/wer", result[0], self.step)
-                self.writer.add_scalar("dev/cer", result[1], self.step)
+                self.writer.add_scalar("dev/wer", record["dev_wer"], self.step)
+                self.writer.add_scalar("dev/cer", record["dev_cer"], self.step)
         self.history.append(record)
         self.epoch += 1
         improved = "dev_wer" in record and record["dev_wer"] < self.best_wer
         if improved:
             self.best_wer = record["dev_wer"]
+        self.stopped_early = self._out_of_patience()
         self._save("last.pt")
-        if improved or not self.dev_utts:
-            shutil.copyfile(self.exp_dir / "last.pt", self.exp_dir / ".best.pt.tmp")
-            (self.exp_dir / ".best.pt.tmp").replace(self.exp_dir / "best.pt")
-        _write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])
+        if self.group.main:
+            if improved or not self.dev_utts:
+                shutil.copyfile(self.exp_dir / "last.pt", self.exp_dir / ".best.pt.tmp")
+                (self.exp_dir / ".best.pt.tmp").replace(self.exp_dir / "best.pt")
+            if self.cfg.train.keep_epochs:
+                self._keep_epoch()
+            _write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])
         dev = f" dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}" if "dev_wer" in record else ""
-        say(f"epoch {record['epoch']} step {self.step}{dev}{' (best)' if improved else ''}")
+        self.say(f"epoch {record['epoch']} step {self.step}{dev}{' (best)' if improved else ''}")
+        if self.stopped_early:
+            self.say(f"no new best dev WER for {self.cfg.train.patience} epoch(s) (train.patience): stopping; "
+                     f"best dev WER {self.best_wer:.2%}")
 
-    def evaluate(self) -> tuple[float, float]:
+    def _out_of_patience(self) -> bool:
+        """Epochs since the best dev WER (the first one, as a tie is no improvement) >= train.patience."""
+        wers = [h["dev_wer"] for h in self.history if "dev_wer" in h]
+        patience = self.cfg.train.patience
+        return bool(patience and wers) and len(wers) - 1 - wers.index(min(wers)) >= patience
+
+    def _keep_epoch(self) -> None:
+        """EXP/epoch-<k>.pt (weights only, for `asrkit average`); the oldest beyond train.keep_epochs go."""
+        save_checkpoint(self.exp_dir / f"epoch-{self.epoch}.pt", config=self.cfg, tokenizer=self.tokenizer,
+                        featurizer=self.featurizer, model=self.model,
+                        train_state={"step": self.step, "epoch": self.epoch, "history": self.history})
+        for _, old in epoch_checkpoints(self.exp_dir)[: -self.cfg.train.keep_epochs]:
+            old.unlink(missing_ok=True)
+
+    def evaluate(self) -> dict[str, float]:
         self.model.eval()
         loaded = Loaded(self.cfg, self.tokenizer, self.featurizer, self.model, {}, self.exp_dir)
         result = score(list(decode_utterances(loaded, self.dev_utts, batch_size=self.cfg.decode.batch_size)))
         self.model.train()
-        return result.wer, result.cer
+        return {"dev_wer": result.wer, "dev_cer": result.cer}
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, collective: bool = True) -> None:
+        """Rank 0 writes; `collective` (every rank calls it): with the RNG states and BatchNorm statistics of all
+        ranks. Not after an interrupt, when the other ranks may be anywhere."""
+        rng = _rng_state(self.device)
+        ranks = self.group.gather(rng) if collective and self.group.world > 1 else []
+        if collective:
+            self.group.average_buffers(self.model)
+        if not self.group.main:
+            return
         state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best_wer": self.best_wer, "history": self.history, "optimizer": self.optimizer.state_dict(),
-            "rng_torch": torch.get_rng_state(), "rng_python": list(random.getstate()), "skipped": self.skipped,
-            "nonfinite": self.nonfinite,
+            "rng_torch": rng["torch"], "rng_python": rng["python"], "rng_cuda": rng["cuda"], "rng_ranks": ranks,
+            "skipped": self.skipped, "nonfinite": self.nonfinite, "world_size": self.group.world,
         }
         save_checkpoint(self.exp_dir / name, config=self.cfg, tokenizer=self.tokenizer,
                         featurizer=self.featurizer, model=self.model, train_state=state)
+
+
+class _LossOf(nn.Module):
+    """forward(batch) = model.loss(batch): what DistributedDataParallel wraps, so that it sees the loss."""
+
+    def __init__(self, model: ASRModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model.loss(batch)
+
+
+class _Group:
+    """This process among torchrun's ranks (RANK, WORLD_SIZE, LOCAL_RANK in the environment), with the few
+    collectives the loop needs; alone (no torchrun, or one process) they cost nothing."""
+
+    def __init__(self, rank: int, world: int, device: torch.device, owned: bool = False) -> None:
+        self.rank, self.world, self.device, self.owned = rank, world, device, owned
+        self.main = rank == 0
+
+    @classmethod
+    def start(cls, device_name: str) -> _Group:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(0, 1, pick_device(device_name))
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if device_name.startswith("cuda") and not torch.cuda.is_available():
+            raise AsrkitError(f"train.device {device_name!r}, but CUDA is not available here; use cpu")
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda and local_rank >= torch.cuda.device_count():
+            raise AsrkitError(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPU(s): start "
+                              "at most one process per GPU (torchrun --nproc-per-node)")
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")  # one GPU per rank
+        if cuda:
+            torch.cuda.set_device(device)
+        owned = not dist.is_initialized()
+        if owned:
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=DIST_TIMEOUT,
+                                    device_id=device if cuda else None)
+        return cls(rank, world, device, owned)
+
+    def sum(self, *values: float | torch.Tensor) -> list[float]:
+        """Each value summed over the ranks."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        out = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
+        dist.all_reduce(out)
+        return out.tolist()
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """fn() run on rank 0 only; its result, or its AsrkitError, is handed to every rank."""
+        if self.world == 1:
+            return fn()
+        box: list[Any] = [None]
+        if self.main:
+            try:
+                box = [("ok", fn())]
+            except AsrkitError as err:
+                box = [("error", str(err))]
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise AsrkitError(value)
+        return value
+
+    def gather(self, obj: T) -> list[T]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Floating-point buffers (BatchNorm running statistics) := their mean over the ranks."""
+        if self.world == 1:
+            return
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf /= self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _check_train_config(cfg: Config) -> None:
+    t = cfg.train
+    for name, value, low in (("accum_steps", t.accum_steps, 1), ("patience", t.patience, 0),
+                             ("keep_epochs", t.keep_epochs, 0)):
+        if value < low:
+            raise AsrkitError(f"train.{name} = {value}: must be {low} or more")
 
 
 def _prepare_exp_dir(exp_dir: Path, resume: bool) -> None:
@@ -258,6 +477,14 @@ def _prepare_exp_dir(exp_dir: Path, resume: bool) -> None:
         raise AsrkitError(f"cannot write to experiment folder {exp_dir}: {err.strerror}") from None
 
 
+def _last_checkpoint(exp_dir: Path, rank: int) -> Path:
+    path = exp_dir / "last.pt"
+    if not path.is_file():  # rank 0 has it (checked): this rank runs on another node
+        raise AsrkitError(f"--resume: rank {rank} does not see {path}; with several nodes, EXP must be on storage "
+                          "that every node mounts at the same path")
+    return path
+
+
 def _resumed_config(saved: Config, given: Config) -> Config:
     old, new = saved.to_dict(), given.to_dict()
     diffs = [f"{s}.{k}" for s in old for k in old[s] if old[s][k] != new[s][k]
@@ -266,6 +493,15 @@ def _resumed_config(saved: Config, given: Config) -> Config:
         raise AsrkitError(f"--resume: config differs from the checkpoint's in {', '.join(diffs)}; resume with the "
                           "same config or start a new --exp")
     return given
+
+
+def _fit_data(cfg: Config, utts: list[Utterance], data_dir: Path,
+              progress: bool) -> tuple[dict[str, Any], tuple[Any, Any], dict[str, str]]:
+    """Tokenizer and feature statistics from the training set (rank 0 alone), as plain values to hand out."""
+    skipped: dict[str, str] = {}
+    tokenizer = _train_tokenizer(cfg, utts, data_dir)
+    featurizer = _fit_featurizer(cfg, utts, progress, skipped)
+    return tokenizer.to_dict(), (featurizer.mean, featurizer.std), skipped
 
 
 def _train_tokenizer(cfg: Config, utts: list[Utterance], data_dir: Path) -> Tokenizer:
@@ -301,6 +537,28 @@ def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped:
     return featurizer
 
 
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()), "cuda": cuda}
+
+
+def _restore_rng(state: dict[str, Any], group: _Group, seed: int) -> None:
+    """This rank's RNG states from the checkpoint; a rank without one (an interrupt's save, another world
+    size) is re-seeded, so its dropout masks differ from the uninterrupted run's."""
+    ranks = state.get("rng_ranks") or []
+    if len(ranks) == group.world and group.world > 1:
+        own = ranks[group.rank]
+    elif group.main:
+        own = {"torch": state["rng_torch"], "python": state["rng_python"], "cuda": state.get("rng_cuda")}
+    else:
+        torch.manual_seed(seed + group.rank + 7919 * int(state.get("step", 0)))
+        return
+    torch.set_rng_state(own["torch"])
+    random.setstate(_as_tuple(own["python"]))
+    if own.get("cuda") is not None and group.device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda"], group.device)
+
+
 def _write_lines(path: Path, lines: list[str]) -> None:
     """Rewrite a small text file atomically (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -325,6 +583,10 @@ def _tensorboard(log_dir: Path) -> Any:
         say("note: tensorboard is not installed; no TensorBoard scalars will be written")
         return None
     return SummaryWriter(str(log_dir))
+
+
+def _quiet(message: str) -> None:
+    """say() on ranks other than 0: nothing."""
 
 
 def _as_tuple(value: Any) -> Any:

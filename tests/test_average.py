@@ -1,0 +1,127 @@
+"""Checkpoint averaging (`asrkit.average`) on hand-made checkpoints, per-epoch checkpoints kept by training,
+and early stopping on dev WER (train.patience)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FSDD_ASSETS
+
+from asrkit.average import average, epoch_checkpoints
+from asrkit.checkpoint import load_checkpoint, save_checkpoint
+from asrkit.config import build_config
+from asrkit.data.features import Featurizer
+from asrkit.data.tokenizer import CharTokenizer
+from asrkit.errors import AsrkitError
+from asrkit.models import build_model
+from asrkit.train import _Loop, fit
+
+MODEL = {"conv_layers": 1, "conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16}
+
+
+def _save_epoch(exp: Path, epoch: int, fill: float | None = None, model_cfg: dict | None = None) -> dict:
+    cfg = build_config({"model": model_cfg or MODEL, "features": {"n_mels": 40},
+                        "train": {"epochs": epoch}})  # only the newest file's config should survive
+    tok = CharTokenizer.train(["one two"])
+    model = build_model(cfg, 40, len(tok.vocab))
+    torch.manual_seed(epoch)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(10 * epoch)
+            elif fill is not None:
+                tensor.fill_(fill)
+            else:
+                tensor.copy_(torch.randn_like(tensor))
+    save_checkpoint(exp / f"epoch-{epoch}.pt", config=cfg, tokenizer=tok, featurizer=Featurizer(cfg.features),
+                    model=model, train_state={"step": 5 * epoch, "epoch": epoch})
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_average_of_the_last_n_epochs(tmp_path: Path) -> None:
+    for epoch in (1, 2, 3, 4):
+        _save_epoch(tmp_path, epoch, fill=float(epoch))
+    (tmp_path / "epoch-x.pt").write_bytes(b"not a checkpoint, and not an epoch name")
+    assert [k for k, _ in epoch_checkpoints(tmp_path)] == [1, 2, 3, 4]
+    out = average(tmp_path, 3)
+    assert out == tmp_path / "averaged-last3.pt"
+    loaded = load_checkpoint(out)  # what transcribe / evaluate read
+    for name, tensor in loaded.model.state_dict().items():
+        expected = 40 if name.endswith("num_batches_tracked") else 3.0  # integers: the newest's; floats: (2+3+4)/3
+        assert torch.all(tensor == expected), name
+    assert loaded.config.train.epochs == 4
+    assert loaded.state["averaged"] == ["epoch-2.pt", "epoch-3.pt", "epoch-4.pt"]
+    assert loaded.state["step"] == 20
+
+
+def test_average_of_random_weights_is_their_mean(tmp_path: Path) -> None:
+    states = [_save_epoch(tmp_path, epoch) for epoch in (7, 8, 10)]
+    out = average(tmp_path, 2, out=tmp_path / "avg.pt")
+    got = torch.load(out, weights_only=True)["model"]
+    for name, tensor in got.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, (states[1][name] + states[2][name]) / 2, msg=name)
+        else:
+            assert torch.equal(tensor, states[2][name]), name
+
+
+def test_average_errors_name_the_problem(tmp_path: Path) -> None:
+    _save_epoch(tmp_path, 1)
+    _save_epoch(tmp_path, 2)
+    with pytest.raises(AsrkitError, match=r"2 epoch checkpoint\(s\) \(epoch-1.pt, epoch-2.pt\), fewer than --last 3; "
+                                          r"train with --set train.keep_epochs=3"):
+        average(tmp_path, 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AsrkitError, match=r"0 epoch checkpoint\(s\) \(none\)"):
+        average(tmp_path / "empty", 1)
+    with pytest.raises(AsrkitError, match="experiment folder .*missing not found"):
+        average(tmp_path / "missing", 1)
+    _save_epoch(tmp_path, 3, model_cfg={**MODEL, "rnn_hidden": 24})
+    with pytest.raises(AsrkitError, match="epoch-2.pt: its weights do not match epoch-3.pt"):
+        average(tmp_path, 2)
+
+
+def _data(root: Path) -> Path:
+    data = root / "data"
+    data.mkdir()
+    words = ["zero", "one", "two", "three"]
+    lines = [{"id": w, "audio_filepath": str(FSDD_ASSETS / f"{d}_lucas_10.wav"), "duration": 0.5, "text": w}
+             for d, w in enumerate(words)]
+    text = "".join(json.dumps(x) + "\n" for x in lines)
+    (data / "train.jsonl").write_text(text)
+    (data / "dev.jsonl").write_text(text)
+    return data
+
+
+def test_early_stopping_and_kept_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wers = iter([0.5, 0.4, 0.45, 0.4, 0.41])  # best at epoch 2; no better after it (a tie is not better)
+    monkeypatch.setattr(_Loop, "evaluate", lambda self: {"dev_wer": next(wers), "dev_cer": 0.1})
+    cfg = build_config({"model": MODEL, "features": {"n_mels": 40, "spec_augment": False},
+                        "train": {"epochs": 10, "patience": 2, "keep_epochs": 2, "batch_seconds": 1.0,
+                                  "num_workers": 0, "save_every_steps": 0, "warmup_steps": 1}})
+    data = _data(tmp_path)
+    result = fit(cfg, data, tmp_path / "exp", progress=False)
+    assert result.stopped_early and result.epochs == 4 and result.best_wer == 0.4
+    assert [h["dev_wer"] for h in result.history] == [0.5, 0.4, 0.45, 0.4]
+    assert [k for k, _ in epoch_checkpoints(tmp_path / "exp")] == [3, 4]
+    assert load_checkpoint(tmp_path / "exp" / "best.pt").state["epoch"] == 2
+    assert load_checkpoint(average(tmp_path / "exp", 2)).state["epoch"] == 4
+    # Resuming a run that stopped early does not train on: the history says it is out of patience.
+    again = fit(cfg, data, tmp_path / "exp", resume=True, progress=False)
+    assert again.stopped_early and again.epochs == 4 and again.steps == result.steps
+    # ... unless the patience is raised (a resume may change it): one more epoch, still no better, stops.
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patience=3))
+    assert fit(more, data, tmp_path / "exp", resume=True, progress=False).epochs == 5
+
+
+def test_patience_off_trains_every_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Loop, "evaluate", lambda self: {"dev_wer": 0.5, "dev_cer": 0.5})
+    cfg = build_config({"model": MODEL, "features": {"n_mels": 40}, "train": {"epochs": 3, "batch_seconds": 2.0,
+                                                                             "num_workers": 0}})
+    result = fit(cfg, _data(tmp_path), tmp_path / "exp", progress=False)
+    assert not result.stopped_early and result.epochs == 3
+    assert epoch_checkpoints(tmp_path / "exp") == []
