@@ -7,7 +7,9 @@ from collections.abc import Callable
 from asrkit.config import Config
 from asrkit.errors import AsrkitError
 from asrkit.models.deepspeech2 import DeepSpeech2
+from asrkit.models.las import build_las
 from asrkit.models.layers import ASRModel
+from asrkit.models.transducer import Encoder, Joiner, Predictor, Transducer
 
 
 def _deepspeech2(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
@@ -18,8 +20,26 @@ def _deepspeech2(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
                        dropout=cfg.dropout)
 
 
+def _las(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
+    return build_las(config.las, n_feats, vocab_size)
+
+
+def _transducer(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
+    cfg = config.transducer
+    encoder = Encoder(n_feats, layers=cfg.encoder_layers, hidden=cfg.encoder_hidden, bidirectional=cfg.bidirectional,
+                      input_stack=cfg.input_stack, time_reduction=cfg.time_reduction,
+                      reduction_after=cfg.reduction_after, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
+    predictor = Predictor(vocab_size, embed=cfg.predictor_embed, layers=cfg.predictor_layers,
+                          hidden=cfg.predictor_hidden, dropout=cfg.dropout)
+    joiner = Joiner(encoder.out_dim, predictor.out_dim, cfg.joint_dim, vocab_size)
+    return Transducer(encoder, predictor, joiner, decoding=cfg.decoding, beam_size=cfg.beam_size, nbest=cfg.nbest,
+                      max_symbols=cfg.max_symbols, joint_max_elements=cfg.joint_max_elements)
+
+
 MODELS: dict[str, Callable[[Config, int, int], ASRModel]] = {
     "deepspeech2": _deepspeech2,
+    "transducer": _transducer,
+    "las": _las,
 }
 
 
