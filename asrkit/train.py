@@ -88,6 +88,7 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
     train_utts = read_manifest(data_dir / "train.jsonl")
     dev_utts = read_manifest(data_dir / "dev.jsonl") if (data_dir / "dev.jsonl").is_file() else []
     group = _Group.start(cfg.train.device)
+    _set_cpu_threads(group.device, cfg.train.num_workers, group.world)
     try:
         group.from_main(lambda: _prepare_exp_dir(exp_dir, resume))
         random.seed(cfg.train.seed)
@@ -461,6 +462,13 @@ def _check_train_config(cfg: Config) -> None:
                              ("keep_epochs", t.keep_epochs, 0)):
         if value < low:
             raise AsrkitError(f"train.{name} = {value}: must be {low} or more")
+
+
+def _set_cpu_threads(device: torch.device, num_workers: int, world: int) -> None:
+    """On the CPU, leave a core to each loader worker and share the rest between ranks: OpenMP threads that
+    outnumber the cores spin against each other and run several times slower. OMP_NUM_THREADS wins."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - num_workers * world) // max(world, 1)))
 
 
 def _prepare_exp_dir(exp_dir: Path, resume: bool) -> None:
