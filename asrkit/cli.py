@@ -244,17 +244,28 @@ class OutputFormat(StrEnum):
 @user_errors
 def transcribe(
     model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
-    audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels).")],
+    audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels); "
+                                                "with --stream, '-' reads raw 16-bit mono PCM from standard input.")],
     out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", help="text: 'path<TAB>transcript'; jsonl: text, "
                                                  "score and word timings.")] = OutputFormat.text,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Files per forward pass.")] = 16,
+    stream: Annotated[bool, typer.Option("--stream", help="Feed the audio in --chunk-ms chunks through a streaming "
+                                         "model (a unidirectional transducer); partial transcripts go to standard "
+                                         "error as they stabilise, with the compute latency per chunk.")] = False,
+    chunk_ms: Annotated[int, typer.Option(help="Chunk size in milliseconds with --stream.")] = 320,
+    pcm_rate: Annotated[int, typer.Option(help="Sample rate (Hz) of the raw PCM read from '-' with --stream.")] = 16000,
 ) -> None:
     """Transcribe audio files. Exit code 1 if any file could not be read (the rest are still transcribed)."""
     from asrkit.transcribe import hypothesis_json
     from asrkit.transcribe import transcribe as run
 
+    if stream:
+        _transcribe_stream(model, audio, out, format, device, chunk_ms, pcm_rate)
+        return
+    if any(str(a) == "-" for a in audio):
+        raise AsrkitError("AUDIO '-' (raw PCM on standard input) needs --stream")
     results, failures = run(model, audio, device=device, batch_size=batch_size)
     lines = [hypothesis_json(p, h) if format == OutputFormat.jsonl else f"{p}\t{h.text}" for p, h in results]
     text = "".join(line + "\n" for line in lines)
@@ -266,6 +277,39 @@ def transcribe(
         typer.echo(f"error: {f.path}: {f.reason}", err=True)
     if failures:
         typer.echo(f"{len(failures)} of {len(audio)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+def _transcribe_stream(model: Path, audio: list[Path], out: Path | None, format: OutputFormat, device: str,
+                       chunk_ms: int, pcm_rate: int) -> None:
+    """`transcribe --stream`: each final transcript as soon as its input ends; partials and latency on stderr."""
+    from asrkit.stream import Partial, latency_summary, stream_files
+    from asrkit.transcribe import Failure, hypothesis_json
+
+    shown: dict[str, str] = {}
+
+    def show(name: str, partial: Partial) -> None:
+        text = partial.stable.strip()
+        if text and text != shown.get(name):
+            shown[name] = text
+            typer.echo(f"{name} [{partial.audio_s:6.2f} s] {text}", err=True)
+
+    failures: list[Failure] = []
+    sink = sys.stdout if out is None else out.open("w", encoding="utf-8")
+    try:
+        for name, result in stream_files(model, audio, chunk_ms=chunk_ms, pcm_rate=pcm_rate, device=device,
+                                         failures=failures, on_partial=show):
+            hyp = result.hypothesis
+            sink.write((hypothesis_json(name, hyp) if format == OutputFormat.jsonl else f"{name}\t{hyp.text}") + "\n")
+            sink.flush()
+            typer.echo(f"{name}: {latency_summary(result, chunk_ms)}", err=True)
+    finally:
+        if out is not None:
+            sink.close()
+    for f in failures:
+        typer.echo(f"error: {f.path}: {f.reason}", err=True)
+    if failures:
+        typer.echo(f"{len(failures)} of {len(audio)} inputs failed", err=True)
         raise typer.Exit(1)
 
 

@@ -107,7 +107,7 @@ class TransducerConfig:
     decoding: str = "greedy"  # greedy | beam (time-synchronous beam search, Saon et al. 2020)
     beam_size: int = 4  # hypotheses kept per encoder frame when decoding = "beam"
     nbest: int = 1  # hypotheses kept in n-best lists (decode_nbest); at most beam_size
-    max_symbols: int = 4  # most tokens emitted per encoder frame while decoding
+    max_symbols: int = 8  # most tokens per encoder frame while decoding; >= the longest burst (chars: 5-8)
 
 
 @dataclass(frozen=True)
