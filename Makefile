@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LM_STAMP := $(VENV)/.lm-installed-stamp
 
-.PHONY: install demo test lint bench clean kenlm docker-check
+.PHONY: install install-lm demo test lint bench clean kenlm docker-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,17 +15,25 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The LM extra (kenlm, pyctcdecode) plus KenLM's lmplz and build_binary, built from the kenlm sdist.
+$(LM_STAMP): $(STAMP) scripts/build_kenlm.sh
+	bash scripts/build_kenlm.sh --wheel-dir tools/kenlm/wheels tools/kenlm/bin
+	$(BIN)/python -m pip install -q -c constraints.txt --find-links tools/kenlm/wheels -e '.[dev,lm]'
+	touch $(LM_STAMP)
+
+install-lm: $(LM_STAMP)
+
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/fsdd/demo.sh
 
-test: install
+test: $(LM_STAMP)
 	VENV=$(VENV) bash scripts/ci_docker.sh
 	$(BIN)/ruff check asrkit tests bench
 	$(BIN)/python -m pytest -q
 
 # KenLM's lmplz and build_binary, built from the kenlm source distribution into tools/kenlm/bin.
 kenlm:
-	bash scripts/build_kenlm.sh
+	bash scripts/build_kenlm.sh --wheel-dir tools/kenlm/wheels tools/kenlm/bin
 
 # Lint docker/Dockerfile (hadolint) and run the image's install steps in a scratch venv.
 docker-check: install
