@@ -240,46 +240,6 @@ class OutputFormat(StrEnum):
     jsonl = "jsonl"
 
 
-@app.command()
-@user_errors
-def transcribe(
-    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
-    audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels); "
-                                                "with --stream, '-' reads raw 16-bit mono PCM from standard input.")],
-    out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
-    format: Annotated[OutputFormat, typer.Option("--format", help="text: 'path<TAB>transcript'; jsonl: text, "
-                                                 "score and word timings.")] = OutputFormat.text,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Files per forward pass.")] = 16,
-    stream: Annotated[bool, typer.Option("--stream", help="Feed the audio in --chunk-ms chunks through a streaming "
-                                         "model (a unidirectional transducer); partial transcripts go to standard "
-                                         "error as they stabilise, with the compute latency per chunk.")] = False,
-    chunk_ms: Annotated[int, typer.Option(help="Chunk size in milliseconds with --stream.")] = 320,
-    pcm_rate: Annotated[int, typer.Option(help="Sample rate (Hz) of the raw PCM read from '-' with --stream.")] = 16000,
-) -> None:
-    """Transcribe audio files. Exit code 1 if any file could not be read (the rest are still transcribed)."""
-    from asrkit.transcribe import hypothesis_json
-    from asrkit.transcribe import transcribe as run
-
-    if stream:
-        _transcribe_stream(model, audio, out, format, device, chunk_ms, pcm_rate)
-        return
-    if any(str(a) == "-" for a in audio):
-        raise AsrkitError("AUDIO '-' (raw PCM on standard input) needs --stream")
-    results, failures = run(model, audio, device=device, batch_size=batch_size)
-    lines = [hypothesis_json(p, h) if format == OutputFormat.jsonl else f"{p}\t{h.text}" for p, h in results]
-    text = "".join(line + "\n" for line in lines)
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        out.write_text(text, encoding="utf-8")
-    for f in failures:
-        typer.echo(f"error: {f.path}: {f.reason}", err=True)
-    if failures:
-        typer.echo(f"{len(failures)} of {len(audio)} files failed", err=True)
-        raise typer.Exit(1)
-
-
 def _transcribe_stream(model: Path, audio: list[Path], out: Path | None, format: OutputFormat, device: str,
                        chunk_ms: int, pcm_rate: int) -> None:
     """`transcribe --stream`: each final transcript as soon as its input ends; partials and latency on stderr."""
@@ -313,6 +273,132 @@ def _transcribe_stream(model: Path, audio: list[Path], out: Path | None, format:
         raise typer.Exit(1)
 
 
+# ============================== paste into asrkit/cli.py ==============================
+# (1) near the top, after `app.add_typer(prepare_app, name="prepare")`:
+lm_app = typer.Typer(help="Word n-gram language models (KenLM) for CTC beam search.", no_args_is_help=True)
+app.add_typer(lm_app, name="lm")
+
+
+def _parse_range(value: str, option: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise AsrkitError(f"{option} {value!r}: expected MIN,MAX, e.g. {option} 0,2") from None
+    return low, high
+
+
+@lm_app.command("build")
+@user_errors
+def lm_build(
+    text: Annotated[list[Path], typer.Argument(help="Training text: plain or .gz files (a sentence a line) or "
+                                               "JSONL manifests (their text fields).")],
+    out: Annotated[Path, typer.Option(help="Output stem: writes OUT.arpa, OUT.bin (KenLM binary, for --lm) and "
+                                      "OUT.unigrams.txt.")],
+    order: Annotated[int, typer.Option(help="N-gram order.")] = 4,
+    prune: Annotated[str, typer.Option(help="lmplz --prune counts per order, e.g. 0,1,1 drops singleton 2- and "
+                                       "3-grams.")] = "",
+    memory: Annotated[str, typer.Option(help="lmplz -S: memory for sorting, e.g. 20% or 2G.")] = "20%",
+) -> None:
+    """Train a word n-gram LM with KenLM's lmplz on text normalised like the transcripts (needs `make kenlm`)."""
+    from asrkit.lm import build_lm
+
+    try:
+        counts = [int(p) for p in prune.split(",") if p.strip()]
+    except ValueError:
+        raise AsrkitError(f"--prune {prune!r}: expected integers like 0,1,1") from None
+    typer.echo(build_lm(text, out, order=order, prune=counts, memory=memory).summary())
+
+
+def _decode_settings(model: Path, decode_params: Path | None, greedy: bool, lm: Path | None,
+                     beam_size: int | None, alpha: float | None, beta: float | None, hotword: list[str] | None,
+                     hotword_weight: float | None, nbest: int | None) -> Any:
+    from asrkit.transcribe import decode_options
+
+    return decode_options(model, decode_params=decode_params, greedy=greedy, lm=lm, beam_size=beam_size,
+                          alpha=alpha, beta=beta, hotwords=hotword or [], hotword_weight=hotword_weight,
+                          nbest=nbest)
+
+
+# Options shared by `transcribe` and `evaluate` (beam search with an n-gram LM).
+LmOpt = Annotated[Path | None, typer.Option("--lm", help="KenLM model (.bin / .arpa from `asrkit lm build`): "
+                                            "beam search with the LM.")]
+BeamOpt = Annotated[int | None, typer.Option(help="Beams kept per frame (default 32, or the tuned value).")]
+AlphaOpt = Annotated[float | None, typer.Option(help="LM weight (default 0.5, or the tuned value).")]
+BetaOpt = Annotated[float | None, typer.Option(help="Word insertion bonus (default 1.0, or the tuned value).")]
+HotwordOpt = Annotated[list[str] | None, typer.Option("--hotword", help="Word or phrase to boost (repeatable).")]
+HotwordWeightOpt = Annotated[float | None, typer.Option(help="Score added per hotword match (default 10).")]
+DecodeParamsOpt = Annotated[Path | None, typer.Option(help="Decode settings written by `asrkit tune` "
+                                                      "(default: tune.json beside the model, if there).")]
+GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Greedy decoding even if tune.json is beside the model.")]
+WorkersOpt = Annotated[int, typer.Option(help="Processes decoding in parallel (0: one per CPU core).")]
+
+
+# (2) replace the `transcribe` command with (the --stream part is as it is now):
+@app.command()
+@user_errors
+def transcribe(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels); "
+                                                "with --stream, '-' reads raw 16-bit mono PCM from standard input.")],
+    out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="text: 'path<TAB>transcript'; jsonl: text, "
+                                                 "score, word timings and the n-best list.")] = OutputFormat.text,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Files per forward pass.")] = 16,
+    lm: LmOpt = None,
+    beam_size: BeamOpt = None,
+    alpha: AlphaOpt = None,
+    beta: BetaOpt = None,
+    hotword: HotwordOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
+    nbest: Annotated[int | None, typer.Option(help="Hypotheses per file in the JSONL output (beam search).")] = None,
+    decode_params: DecodeParamsOpt = None,
+    greedy: GreedyOpt = False,
+    workers: WorkersOpt = 0,
+    stream: Annotated[bool, typer.Option("--stream", help="Feed the audio in --chunk-ms chunks through a streaming "
+                                         "model (a unidirectional transducer); partial transcripts go to standard "
+                                         "error as they stabilise, with the compute latency per chunk.")] = False,
+    chunk_ms: Annotated[int, typer.Option(help="Chunk size in milliseconds with --stream.")] = 320,
+    pcm_rate: Annotated[int, typer.Option(help="Sample rate (Hz) of the raw PCM read from '-' with --stream.")] = 16000,
+    plot_attention: Annotated[Path | None, typer.Option(
+        "--plot-attention", metavar="DIR", help="Also write DIR/<audio stem>.png: the attention alignment of each "
+        "file (attention models such as las), to see whether the model learned to align.")] = None,
+) -> None:
+    """Transcribe audio files. Exit code 1 if any file could not be read (the rest are still transcribed)."""
+    from asrkit.transcribe import hypothesis_json, transcribe_nbest
+
+    if stream:
+        if lm or beam_size or alpha is not None or beta is not None or hotword or nbest or decode_params:
+            raise AsrkitError("--stream decodes with the streaming model's own search; drop --lm, --beam-size, "
+                              "--alpha, --beta, --hotword, --nbest and --decode-params, or drop --stream")
+        _transcribe_stream(model, audio, out, format, device, chunk_ms, pcm_rate)
+        return
+    if any(str(a) == "-" for a in audio):
+        raise AsrkitError("AUDIO '-' (raw PCM on standard input) needs --stream")
+    decode = _decode_settings(model, decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight,
+                              nbest)
+    results, failures = transcribe_nbest(model, audio, device=device, batch_size=batch_size, decode=decode,
+                                         workers=workers)
+    lines = [hypothesis_json(p, hyps[0], hyps if len(hyps) > 1 else ()) if format == OutputFormat.jsonl
+             else f"{p}\t{hyps[0].text}" for p, hyps in results]
+    text = "".join(line + "\n" for line in lines)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+    if plot_attention is not None:
+        from asrkit.transcribe import plot_alignments
+
+        written, _ = plot_alignments(model, audio, plot_attention, device=device, batch_size=batch_size)
+        typer.echo(f"{len(written)} attention plot(s) in {plot_attention}", err=True)
+    for f in failures:
+        typer.echo(f"error: {f.path}: {f.reason}", err=True)
+    if failures:
+        typer.echo(f"{len(failures)} of {len(audio)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+# (3) replace the `evaluate` command with:
 @app.command()
 @user_errors
 def evaluate(
@@ -322,19 +408,80 @@ def evaluate(
                                                 "(default: <manifest stem>.report.json beside the model).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 16,
+    lm: LmOpt = None,
+    beam_size: BeamOpt = None,
+    alpha: AlphaOpt = None,
+    beta: BetaOpt = None,
+    hotword: HotwordOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
+    decode_params: DecodeParamsOpt = None,
+    greedy: GreedyOpt = False,
+    workers: WorkersOpt = 0,
 ) -> None:
     """Word and character error rates of a model on a manifest."""
     from asrkit.checkpoint import resolve_checkpoint
     from asrkit.transcribe import evaluate as run
 
+    decode = _decode_settings(model, decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight,
+                              None)
     if report is None:
         report = resolve_checkpoint(model).parent / f"{manifest.stem}.report.json"
-    result = run(model, manifest, report=report, device=device, batch_size=batch_size)
-    typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances; report {report})")
+    result = run(model, manifest, report=report, device=device, batch_size=batch_size, decode=decode,
+                 workers=workers)
+    how = "greedy" if decode is None else f"beam {decode.beam_size}" + (
+        f", LM alpha {decode.alpha:g} beta {decode.beta:g}" if decode.lm else "")
+    typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, {how}; "
+               f"report {report})")
     for f in result.failures:
         typer.echo(f"error: {f.path}: {f.reason}", err=True)
     if result.failures:
         raise typer.Exit(1)
+
+
+class TuneMethod(StrEnum):
+    grid = "grid"
+    random = "random"
+
+
+# (4) a new command, after `evaluate`:
+@app.command()
+@user_errors
+def tune(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    dev_manifest: Annotated[Path, typer.Argument(help="JSONL dev manifest with reference text.")],
+    lm: Annotated[Path, typer.Option("--lm", help="KenLM model (.bin / .arpa from `asrkit lm build`).")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the best settings (default: tune.json beside "
+                                             "the model, which transcribe and evaluate then use).")] = None,
+    method: Annotated[TuneMethod, typer.Option(help="grid: STEPS x STEPS points; random: TRIALS points.")]
+    = TuneMethod.grid,
+    alpha_range: Annotated[str, typer.Option(help="LM weights searched, MIN,MAX.")] = "0,2",
+    beta_range: Annotated[str, typer.Option(help="Word bonuses searched, MIN,MAX.")] = "-1,3",
+    steps: Annotated[int, typer.Option(help="Grid points per axis.")] = 9,
+    trials: Annotated[int, typer.Option(help="Random settings tried.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the random search.")] = 0,
+    beam_size: Annotated[int, typer.Option(help="Beams kept per frame while tuning (and written).")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 16,
+    workers: WorkersOpt = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Search the LM weight alpha and word bonus beta on a dev set, write the best to tune.json beside the model.
+
+    The model runs once; its emissions are decoded again for every setting, in parallel processes."""
+    from asrkit.decoding import LMDecodeOptions
+    from asrkit.tune import tune as run
+
+    result = run(model, dev_manifest, lm, out=out, method=method.value,
+                 alpha_range=_parse_range(alpha_range, "--alpha-range"),
+                 beta_range=_parse_range(beta_range, "--beta-range"), steps=steps, trials=trials, seed=seed,
+                 base=LMDecodeOptions(beam_size=beam_size), device=device, batch_size=batch_size, workers=workers,
+                 progress=progress)
+    typer.echo(result.summary())
+    for f in result.failures:
+        typer.echo(f"error: {f.path}: {f.reason}", err=True)
+    if result.failures:
+        raise typer.Exit(1)
+# ============================== end ==============================
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -18,6 +19,7 @@ from asrkit.records import Emissions, Hypothesis, WordTiming
 WORD_START = "\u2581"  # sentencepiece's word-boundary marker
 BACKENDS = ("asrkit", "pyctcdecode")
 AVG_WORD_LEN = 6  # pyctcdecode's: a partial unknown word longer than this is penalised in proportion
+LOOKAHEAD_MARGIN = 0.5  # nats of slack in the look-ahead pruning of expansions (bench/ctc_decode.py)
 
 
 def ctc_greedy(emissions: Emissions, tokenizer: Tokenizer) -> list[Hypothesis]:
@@ -75,10 +77,11 @@ class LMDecodeOptions:
     lm: str = ""  # KenLM model (.bin or .arpa, from `asrkit lm build`); empty: beam search without an LM
     alpha: float = 0.5  # LM weight
     beta: float = 1.0  # word insertion bonus (per word)
-    beam_size: int = 16  # beams kept after each frame
+    beam_size: int = 32  # beams kept after each frame
     beam_prune_logp: float = -8.0  # drop beams this far (natural log) below the best one
     token_min_logp: float = -5.0  # tokens below this log-prob in a frame are not expanded (unless the argmax)
     token_top_k: int = 0  # expand at most this many of a frame's most likely tokens (0: no limit)
+    lm_lookahead: bool = True  # score a word being spelt by its likeliest completion's unigram (asrkit backend)
     prune_history: bool = False  # keep one of beams whose last (order - 1) words agree (off when nbest > 1)
     hotwords: tuple[str, ...] = ()  # words or phrases to boost
     hotword_weight: float = 10.0  # score added per hotword match
@@ -88,7 +91,7 @@ class LMDecodeOptions:
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
-            raise AsrkitError(f"beam size {self.beam_size} must be at least 1 (try --beam-size 16)")
+            raise AsrkitError(f"beam size {self.beam_size} must be at least 1 (try --beam-size 32)")
         if self.nbest < 1:
             raise AsrkitError(f"nbest {self.nbest} must be at least 1")
         if self.nbest > self.beam_size:
@@ -213,11 +216,14 @@ class PrefixBeamSearch:
 
     A beam is a prefix keyed by (completed words, partial word, last token), holding the log-probabilities of
     its paths ending in blank and in its last token, so both kinds share one slot of the beam. A word is scored
-    by the LM when it is completed (the next word-start token, or the end); a partial word that starts no
-    known word gets the unknown-word offset. LM scores are cached per text, partial-word scores across
-    utterances. Per frame only tokens above `token_min_logp` are expanded (a blank-only frame just shifts
-    every beam), beams more than `beam_prune_logp` below the best are dropped, then the best `beam_size` kept.
-    pyctcdecode's scoring, a faster loop, and one slot per prefix instead of two."""
+    by the LM when it is completed (the next word-start token, or the end); a word being spelt is scored by
+    the unigram of its likeliest known completion (LM look-ahead), or gets the unknown-word offset when no
+    known word starts with it. LM scores are cached per text, partial-word scores across utterances.
+
+    Pruning, per frame: only tokens above `token_min_logp` are expanded (a blank-only frame just shifts every
+    beam; runs of them were collapsed before); an expansion whose estimate cannot reach the beam is not
+    built (look-ahead pruning); beams more than `beam_prune_logp` below the best are dropped, then the best
+    `beam_size` are kept. pyctcdecode's scoring otherwise, in a faster loop."""
 
     def __init__(self, vocab: Sequence[str], options: LMDecodeOptions, lm: Any = None) -> None:
         self.options = options
@@ -240,7 +246,7 @@ class PrefixBeamSearch:
         beams: dict[Key, Beam] = {("", "", -1): [0.0, NEG_INF, 0.0, (), -1, -1, 0.0]}
         bonus = max(opts.beta, 0.0) + (opts.hotword_weight if self.hotwords is not None else 0.0)
         prune_below = opts.beam_prune_logp - bonus
-        margin = bonus + 1.0
+        margin = bonus + LOOKAHEAD_MARGIN
         mask = candidate_tokens(log_probs, opts.token_min_logp, opts.token_top_k)
         counts = mask.sum(axis=1).tolist()
         toks = np.nonzero(mask)[1].tolist()
@@ -381,9 +387,9 @@ class PrefixBeamSearch:
                 return hot
         if self.lm is None:
             return 0.0
-        parent = self._partials.get(partial[:-1], 0.0)  # a word no known word starts with stays unknown
-        if parent >= 0.0 and self.lm.is_prefix(partial):
-            return 0.0
+        best = self.lm.lookahead(partial)
+        if best is not None:
+            return self.options.alpha * LOG10 * best if self.options.lm_lookahead else 0.0
         offset = self.options.alpha * LOG10 * self.lm.unk_offset
         return offset * max(1.0, len(partial) / AVG_WORD_LEN)
 
@@ -526,8 +532,10 @@ class DecoderPool:
 
             fork = "fork" in mp.get_all_start_methods()  # the workers only run numpy and KenLM, never torch
             inherited = self._local if fork else None
-            self._pool = mp.get_context("fork" if fork else "spawn").Pool(
-                self.workers, _init_worker, (inherited, list(vocab), options))
+            with warnings.catch_warnings():  # Python >= 3.12 warns about fork() beside torch's idle threads
+                warnings.filterwarnings("ignore", r".*fork\(\) may lead to deadlocks", DeprecationWarning)
+                self._pool = mp.get_context("fork" if fork else "spawn").Pool(
+                    self.workers, _init_worker, (inherited, list(vocab), options))
 
     def decode(self, log_probs: Sequence[np.ndarray], frame_shift: float, *, alpha: float | None = None,
                beta: float | None = None) -> Iterator[list[Hypothesis]]:

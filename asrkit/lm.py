@@ -12,6 +12,7 @@ Files of an LM built to `OUT` (a stem; a trailing .arpa / .bin is dropped):
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
 import os
@@ -24,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
@@ -199,20 +202,17 @@ def resolve_lm(path: str | Path) -> Path:
 
 def read_unigrams(lm_path: Path) -> list[str]:
     """Words of an LM: from the ARPA's 1-grams, or for a binary from STEM.unigrams.txt or STEM.arpa beside it."""
+    if lm_path.suffix == ".arpa" or _looks_like_arpa(lm_path):
+        return _arpa_unigrams(lm_path)
     stem = lm_stem(lm_path)
     sidecar, arpa = Path(f"{stem}.unigrams.txt"), Path(f"{stem}.arpa")
-    if lm_path.suffix != ".arpa" and _looks_like_arpa(lm_path):
-        arpa = lm_path
-    elif lm_path.suffix == ".arpa":
-        arpa = lm_path
-    elif sidecar.is_file():
-        words = sidecar.read_text(encoding="utf-8").split()
-        return [w for w in words if w not in SPECIAL_WORDS]
-    if not arpa.is_file():
-        raise AsrkitError(f"{lm_path}: its word list was not found ({sidecar.name} or {arpa.name} beside it); "
-                          "keep the files `asrkit lm build` writes together, or write one word a line to "
-                          f"{sidecar}")
-    return _arpa_unigrams(arpa)
+    if sidecar.is_file():
+        return [w for w in sidecar.read_text(encoding="utf-8").split() if w not in SPECIAL_WORDS]
+    if arpa.is_file():
+        return _arpa_unigrams(arpa)
+    raise AsrkitError(f"{lm_path}: its word list was not found ({sidecar.name} or {arpa.name} beside it); "
+                      "keep the files `asrkit lm build` writes together, or write one word a line to "
+                      f"{sidecar}")
 
 
 def _looks_like_arpa(path: Path) -> bool:
@@ -315,7 +315,8 @@ class WordLM:
         self.unk_offset = unk_offset
         self._known = frozenset(self.words)
         self._state_cls = require_kenlm().State
-        self._prefix_cache: dict[str, bool] = {}
+        self._prefix_cache: dict[str, float | None] = {}
+        self._unigrams: np.ndarray | None = None
 
     def start(self) -> Any:
         state = self._state_cls()
@@ -334,14 +335,27 @@ class WordLM:
         return float(self.model.BaseScore(state, "</s>", self._state_cls()))
 
     def is_prefix(self, partial: str) -> bool:
-        """Does some known word start with `partial`? (binary search in the sorted word list, cached)"""
-        hit = self._prefix_cache.get(partial)
-        if hit is None:
-            import bisect
+        """Does some known word start with `partial`?"""
+        return self.lookahead(partial) is not None
 
-            i = bisect.bisect_left(self.words, partial)
-            hit = i < len(self.words) and self.words[i].startswith(partial)
-            if len(self._prefix_cache) > 200_000:
-                self._prefix_cache.clear()
-            self._prefix_cache[partial] = hit
-        return hit
+    def lookahead(self, partial: str) -> float | None:
+        """log10 of the likeliest unigram among the known words that start with `partial` (LM look-ahead for
+        a word being spelt), None when no known word does. Binary search in the sorted words, cached."""
+        if partial in self._prefix_cache:
+            return self._prefix_cache[partial]
+        if len(self._prefix_cache) > 500_000:
+            self._prefix_cache.clear()
+        if len(partial) > 1 and self._prefix_cache.get(partial[:-1], 0.0) is None:
+            best = None  # no known word starts with a shorter prefix of it either
+        else:
+            lo = bisect.bisect_left(self.words, partial)
+            hi = bisect.bisect_left(self.words, partial + "\U0010ffff", lo)
+            best = float(self._unigram_scores()[lo:hi].max()) if hi > lo else None
+        self._prefix_cache[partial] = best
+        return best
+
+    def _unigram_scores(self) -> np.ndarray:
+        if self._unigrams is None:
+            self._unigrams = np.array([self.model.score(w, bos=False, eos=False) for w in self.words],
+                                      dtype=np.float32)
+        return self._unigrams

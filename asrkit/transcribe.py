@@ -318,3 +318,31 @@ def write_report(path: str | Path, result: EvalResult, **meta: Any) -> None:
     body = {**meta, "wer": result.wer, "cer": result.cer, "utterances": [asdict(s) for s in result.utterances],
             "failures": [asdict(f) for f in result.failures]}
     path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def plot_alignments(model: str | Path, audio: Sequence[str | Path], out_dir: str | Path, *, device: str = "auto",
+                    batch_size: int = 16) -> tuple[list[Path], list[Failure]]:
+    """Write OUT_DIR/<audio stem>.png for each file: the attention alignment of its best hypothesis (output
+    tokens down, listener frames across). Needs a model with attention (`align`, e.g. las)."""
+    loaded = load_checkpoint(model, pick_device(device))
+    align = getattr(loaded.model, "align", None)
+    if align is None:
+        raise AsrkitError(f"{loaded.path}: a {loaded.config.model.family} model has no attention to plot; "
+                          "--plot-attention needs an attention model (model.family = \"las\")")
+    from asrkit.models.las import plot_attention, token_labels
+
+    out_dir = Path(out_dir)
+    utts, failures = files_to_utterances(audio)
+    device_ = next(loaded.model.parameters()).device
+    written: list[Path] = []
+    used: set[str] = set()
+    for idx, batch in _load_batches(loaded, utts, batch_size, device_, failures):
+        if batch is None:
+            continue
+        for i, (hyp, weights) in zip(idx, align(batch.feats, batch.feat_lens, loaded.tokenizer), strict=True):
+            stem = Path(utts[i].audio_filepath).stem
+            name = stem if stem not in used else f"{stem}-{i}"
+            used.add(name)
+            labels = token_labels(hyp.tokens, loaded.tokenizer, ended=weights.shape[0] > len(hyp.tokens))
+            written.append(plot_attention(weights, labels, out_dir / f"{name}.png"))
+    return written, failures

@@ -49,9 +49,21 @@ class TuneResult:
     failures: list[Failure] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"best alpha {self.best.alpha:g} beta {self.best.beta:g}: dev WER {self.best.wer:.2%} CER "
+        text = (f"best alpha {self.best.alpha:g} beta {self.best.beta:g}: dev WER {self.best.wer:.2%} CER "
                 f"{self.best.cer:.2%} (greedy WER {self.greedy_wer:.2%} CER {self.greedy_cer:.2%}; "
                 f"{len(self.trials)} settings tried) -> {self.path}")
+        return text + "".join(f"\nnote: {e}" for e in self.at_edge())
+
+    def at_edge(self) -> list[str]:
+        """The best value lies on the border of a searched range (so the optimum may lie beyond it)."""
+        notes = []
+        for name, value in (("alpha", self.best.alpha), ("beta", self.best.beta)):
+            values = [getattr(t, name) for t in self.trials]
+            low, high = min(values), max(values)
+            if high > low and value in (low, high) and not (name == "alpha" and value == 0.0):
+                notes.append(f"the best {name} {value:g} is at the edge of the range searched ({low:g},{high:g}); "
+                             f"widen --{name}-range to look beyond it")
+        return notes
 
 
 def search_space(method: str, alpha_range: tuple[float, float], beta_range: tuple[float, float], *,

@@ -1,5 +1,7 @@
 """CTC decoding speed and accuracy: the same emissions through greedy, pyctcdecode at its defaults, asrkit's
 decoder and (when flashlight-text is installed) torchaudio's flashlight ctc_decoder, at several beam widths.
+The flashlight decoder spells words from a lexicon (the LM's words): a closed vocabulary, which the others
+do not impose, so its WER is not like for like.
 
 Prints, per decoder: WER, CER, seconds of audio decoded per second on one core (x real time), and the peak
 Python memory of the decoding (tracemalloc; the KenLM model's own memory is its file size, printed once).
@@ -81,13 +83,14 @@ def synthetic_language(seed: int, words: int = 20000, successors: int = 100,
 
 
 def synthetic_emissions(text: str, rng: np.random.Generator, uncertain: float = 0.3, lost: float = 0.04,
-                        deleted: float = 0.01) -> np.ndarray:
+                        deleted: float = 0.01, blank_uncertain: float = 0.1) -> np.ndarray:
     """Character emissions (T, V) at 50 frames/s: each character 1-2 frames then 1-4 blank frames.
 
     Most frames are peaked (as a trained model's). An `uncertain` share of characters has a flatter peak with
     1-3 competitors, from 3 nats below to 0.5 above it (recoverable by the LM: the truth is among the
     candidates); a `lost` share is confidently another character (the truth far below: unrecoverable by a
-    beam that prunes tokens under -5), a `deleted` share is all blank. 10% of blank frames are uncertain."""
+    beam that prunes tokens under -5), a `deleted` share is all blank; a `blank_uncertain` share of blank
+    frames has a flat peak with the character competing."""
     v = len(ALPHABET) + 1
     index = {c: i + 1 for i, c in enumerate(ALPHABET)}
     rows: list[np.ndarray] = []
@@ -113,7 +116,7 @@ def synthetic_emissions(text: str, rng: np.random.Generator, uncertain: float = 
             rows.append(row)
         for _ in range(int(rng.integers(1, 5))):
             row = rng.normal(0.0, 1.0, v)
-            if rng.random() < 0.1:
+            if rng.random() < blank_uncertain:
                 row[0] = rng.uniform(3.0, 6.0)
                 row[tok] = row[0] - rng.uniform(-0.5, 2.0)
             else:
@@ -124,7 +127,7 @@ def synthetic_emissions(text: str, rng: np.random.Generator, uncertain: float = 
     return (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
 
 
-def synthetic_data(utts: int, order: int, workdir: Path, seed: int = 0) -> Data:
+def synthetic_data(utts: int, order: int, workdir: Path, seed: int = 0, uncertain: float = 0.3) -> Data:
     from asrkit.lm import build_lm
 
     sample = synthetic_language(seed)
@@ -134,7 +137,7 @@ def synthetic_data(utts: int, order: int, workdir: Path, seed: int = 0) -> Data:
     built = build_lm([text], workdir / "synthetic", order=order)
     nrng = np.random.default_rng(seed + 2)
     refs = [sample(rng) for _ in range(utts)]
-    log_probs = [synthetic_emissions(r, nrng) for r in refs]
+    log_probs = [synthetic_emissions(r, nrng, uncertain=uncertain, blank_uncertain=uncertain / 3) for r in refs]
     seconds = sum(lp.shape[0] for lp in log_probs) * FRAME_SHIFT
     return Data(["<blank>", *ALPHABET], log_probs, refs, FRAME_SHIFT, str(built.binary), seconds)
 
@@ -180,25 +183,30 @@ def asrkit_decoder(data: Data, options: LMDecodeOptions) -> Callable[[np.ndarray
     return lambda lp: decoder.decode(lp, data.frame_shift)[0].text
 
 
-def flashlight(data: Data, beam: int) -> Callable[[np.ndarray], str] | None:
+def flashlight(data: Data, beam: int, alpha: float, beta: float, workdir: Path) -> Callable[[np.ndarray], str] | None:
+    """torchaudio's flashlight decoder (C++) with a lexicon of the LM's words, as its tutorial uses it."""
     try:
         import torch
         from torchaudio.models.decoder import ctc_decoder
     except (ImportError, RuntimeError):
         return None
+    from asrkit.lm import read_unigrams
+
+    if any(len(t) != 1 for t in data.vocab[1:]):
+        return None  # the lexicon spells words in characters
+    tokens = ["-", *("|" if t == " " else t for t in data.vocab[1:])]
+    lexicon = workdir / "lexicon.txt"
+    known = set(tokens)
+    lexicon.write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in read_unigrams(Path(data.lm)) if set(w) <= known),
+                       encoding="utf-8")
     try:
-        tokens = ["-", *("|" if t == " " else t for t in data.vocab[1:])]
-        decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=data.lm, beam_size=beam, blank_token="-",
-                              sil_token="|", lm_weight=0.5, word_score=1.0)
+        decoder = ctc_decoder(lexicon=str(lexicon), tokens=tokens, lm=data.lm, beam_size=beam, blank_token="-",
+                              sil_token="|", lm_weight=alpha, word_score=beta)
     except (ImportError, RuntimeError) as err:
         print(f"# flashlight decoder unavailable: {err}", file=sys.stderr)
         return None
-
-    def run(lp: np.ndarray) -> str:
-        hyp = decoder(torch.from_numpy(lp)[None])[0][0]
-        return " ".join("".join(decoder.idxs_to_tokens(hyp.tokens)).replace("|", " ").replace("-", "").split())
-
-    return run
+    torch.set_num_threads(1)
+    return lambda lp: " ".join(decoder(torch.from_numpy(lp)[None])[0][0].words)
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -236,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lm", help="KenLM model for --model (built from text like its transcripts)")
     parser.add_argument("--utts", type=int, default=200, help="utterances to decode")
     parser.add_argument("--order", type=int, default=4, help="n-gram order of the synthetic LM")
+    parser.add_argument("--uncertain", type=float, default=0.3,
+                        help="synthetic: share of uncertain characters (a third as many uncertain blank frames)")
     parser.add_argument("--beams", default="10,50,100", help="beam widths")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=1.0)
@@ -250,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             data = model_data(args.model, args.manifest, args.lm, args.utts)
             source = f"{args.model} on {args.manifest}"
         else:
-            data = synthetic_data(args.utts, args.order, Path(tmp))
-            source = f"synthetic emissions, {args.order}-gram LM"
+            data = synthetic_data(args.utts, args.order, Path(tmp), uncertain=args.uncertain)
+            source = f"synthetic emissions ({args.uncertain:.0%} uncertain characters), {args.order}-gram LM"
         lm_mb = Path(data.lm).stat().st_size / 2**20
         print(f"# {source}: {len(data.log_probs)} utterances, {data.seconds:.0f} s of audio, "
               f"{sum(lp.shape[0] for lp in data.log_probs)} frames; LM {data.lm} ({lm_mb:.1f} MiB)")
@@ -263,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 measure(f"pyctcdecode defaults beam {beam}",
                         lambda b=beam: pyctcdecode_defaults(data, b, args.alpha, args.beta), data)
             measure(f"asrkit beam {beam}", lambda b=beam: asrkit_decoder(data, replace(default, beam_size=b)), data)
-            measure(f"flashlight beam {beam}", lambda b=beam: flashlight(data, b), data)
+            measure(f"flashlight (lexicon) beam {beam}",
+                    lambda b=beam: flashlight(data, b, args.alpha, args.beta, Path(tmp)), data)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each generated file")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (OMP_NUM_THREADS)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (the best is kept)")
+    parser.add_argument("--asrkit", default=f"{sys.executable} -m asrkit", help="the asrkit command to run")
     parser.add_argument("extra", nargs="*", help="more `asrkit transcribe` options, after --")
     args = parser.parse_args()
     from asrkit.data.audio import audio_info
@@ -100,7 +101,7 @@ def main() -> None:
         audio = make_audio(folder, args.files, args.seconds)
         seconds = sum(audio_info(p)[0] for p in audio)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-        cmd = [sys.executable, "-m", "asrkit", "transcribe", model, "--device", "cpu", *args.extra]
+        cmd = [*args.asrkit.split(), "transcribe", model, "--device", "cpu", *args.extra]
         starts = [run([*cmd, str(audio[0])], env)[0] for _ in range(args.repeat)]
         totals = []
         for _ in range(args.repeat):

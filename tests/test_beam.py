@@ -225,3 +225,13 @@ def test_binary_lm_without_its_word_list_says_what_is_missing(tmp_path: Path, ar
     with pytest.raises(AsrkitError, match=r"lone\.bin: its word list was not found \(lone\.unigrams\.txt or "
                                           r"lone\.arpa"):
         CTCBeamDecoder(VOCAB, options(lone))
+
+
+def test_lm_look_ahead_scores_a_word_being_spelt_by_its_best_completion(arpa: Path) -> None:
+    from asrkit.lm import WordLM
+
+    lm = WordLM(arpa, VOCAB)
+    assert lm.words == ["bugs", "bunny"] and lm.order == 2
+    assert lm.lookahead("bu") == pytest.approx(-0.7) and lm.lookahead("bunny") == pytest.approx(-0.7)
+    assert lm.lookahead("bx") is None and lm.lookahead("bxy") is None and not lm.is_prefix("g")
+    assert decode(options(arpa, alpha=0.5, beta=0.0, lm_lookahead=False))[0].text == "bugs bunny"

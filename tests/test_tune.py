@@ -71,6 +71,17 @@ def test_tuning_finds_that_the_lm_helps(arpa: Path) -> None:
     assert [(t.alpha, t.wer) for t in trials] == [(0.0, 0.5), (0.5, 0.0)]
 
 
+def test_summary_says_when_the_best_lies_on_the_edge_of_the_range(tmp_path: Path) -> None:
+    from asrkit.tune import Trial, TuneResult
+
+    trials = [Trial(a, b, 0.5 - 0.1 * b, 0.1) for a in (0.0, 1.0) for b in (0.0, 1.0, 2.0)]
+    best = min(trials, key=lambda t: t.wer)
+    result = TuneResult(best, 0.6, 0.2, trials, LMDecodeOptions(), tmp_path / "tune.json")
+    assert best.beta == 2.0 and result.at_edge() == [
+        "the best beta 2 is at the edge of the range searched (0,2); widen --beta-range to look beyond it"]
+    assert "note: the best beta 2" in result.summary()
+
+
 def test_decode_params_file_round_trip(tmp_path: Path, arpa: Path) -> None:
     opts = LMDecodeOptions(lm=str(arpa), alpha=0.7, beta=1.5, beam_size=24, hotwords=("bugs",))
     path = write_decode_params(tmp_path / "tune.json", opts)
@@ -169,3 +180,87 @@ def test_alpha_without_an_lm_is_refused(model_dir: Path) -> None:
         decode_options(model_dir, alpha=0.5)
     beam_only = decode_options(model_dir, beam_size=4)
     assert beam_only is not None and beam_only.lm == "" and beam_only.beam_size == 4
+
+
+# ------------------------------------------------------------------------------------- the command line
+
+
+def _cli_has(*names: str) -> bool:
+    from asrkit.cli import app
+
+    have = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    have |= {g.name for g in app.registered_groups if g.name}
+    return set(names) <= have
+
+
+needs_lm_cli = pytest.mark.skipif(not _cli_has("tune", "lm"), reason="asrkit.cli has no `lm` / `tune` commands yet")
+
+
+@needs_lm_cli
+def test_cli_tune_then_transcribe_and_evaluate_with_the_lm(model_dir: Path, dev: tuple[Path, list[Path]],
+                                                           tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+
+    manifest, wavs = dev
+    runner = CliRunner()
+    out = tmp_path / "tuned.json"
+    result = runner.invoke(app, ["tune", str(model_dir), str(manifest), "--lm", str(tmp_path / "digits.arpa"),
+                                 "--out", str(out), "--steps", "2", "--workers", "1", "--no-progress",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "best alpha" in result.stdout and out.is_file()
+    result = runner.invoke(app, ["transcribe", str(model_dir), str(wavs[0]), "--decode-params", str(out),
+                                 "--nbest", "2", "--beam-size", "4", "--hotword", "two", "--format", "jsonl",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout.strip().splitlines()[0])
+    assert {"text", "score", "words"} <= set(line) and len(line.get("nbest", [1, 1])) <= 2
+    result = runner.invoke(app, ["evaluate", str(model_dir), str(manifest), "--lm", str(tmp_path / "digits.arpa"),
+                                 "--alpha", "0.5", "--beta", "1", "--report", str(tmp_path / "r.json"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "LM alpha 0.5 beta 1" in result.stdout
+
+
+@needs_lm_cli
+def test_cli_decoding_errors_are_one_line_with_exit_code_2(model_dir: Path, dev: tuple[Path, list[Path]],
+                                                          tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+
+    _, wavs = dev
+    runner = CliRunner()
+    cases = [
+        (["--beam-size", "0"], "beam size 0 must be at least 1"),
+        (["--lm", str(tmp_path / "none.bin")], "none.bin not found; build one with `asrkit lm build"),
+        (["--alpha", "0.3"], "pass --lm LM too"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, ["transcribe", str(model_dir), str(wavs[0]), "--device", "cpu", *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+
+@needs_lm_cli
+def test_cli_lm_build(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from asrkit import lm as lmlib
+    from asrkit.cli import app
+
+    try:
+        lmlib.find_tool("lmplz")
+        lmlib.find_tool("build_binary")
+    except AsrkitError:
+        pytest.skip("KenLM's lmplz / build_binary not installed (make kenlm)")
+    text = tmp_path / "t.txt"
+    text.write_text("One two.\nTwo three!\n" * 10)
+    result = CliRunner().invoke(app, ["lm", "build", str(text), "--out", str(tmp_path / "lm" / "d"), "--order", "3",
+                                      "--prune", "0,0,1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lm" / "d.bin").is_file() and "--lm" in result.stdout
+    result = CliRunner().invoke(app, ["lm", "build", str(text), "--out", str(tmp_path / "x"), "--prune", "a"])
+    assert result.exit_code == 2 and "--prune 'a'" in result.output
