@@ -113,7 +113,10 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
         if group.main:
             (exp_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         loop = _Loop(cfg, model, optimizer, tokenizer, featurizer, train_utts, dev_utts, exp_dir, group, state)
-        return loop.run(progress and group.main)
+        try:
+            return loop.run(progress and group.main)
+        finally:
+            loop.release()  # DDP's reducer must go before its process group, or gloo can abort at exit
     finally:
         group.close()
 
@@ -163,6 +166,15 @@ class _Loop:
                 _LossOf(model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **_NO_BUFFER_SYNC)  # BatchNorm statistics are averaged over ranks when saving instead
             self.compute_loss = self.ddp
+
+    def release(self) -> None:
+        """Drop the DistributedDataParallel wrapper (and its communication hooks) while the group still lives."""
+        self.compute_loss = self.model.loss
+        if hasattr(self, "ddp"):
+            del self.ddp
+            import gc
+
+            gc.collect()
 
     def run(self, progress: bool) -> FitResult:
         t = self.cfg.train
