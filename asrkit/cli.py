@@ -45,6 +45,11 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise AsrkitError(f"--workers {workers} must be at least 1")
+
+
 def _print_summary(result: Any) -> None:
     typer.echo(result.summary())
     if result.skipped:
@@ -131,8 +136,7 @@ def prepare_librispeech(
 
     if corpus_dir is None and not download:
         raise AsrkitError("give --corpus-dir (an extracted LibriSpeech or its .tar.gz files) or --download")
-    if workers < 1:
-        raise AsrkitError(f"--workers {workers} must be at least 1")
+    _check_workers(workers)
     _print_summary(librispeech.prepare(out_dir, subsets=_split_list(subsets), corpus_dir=corpus_dir,
                                        download=download, base_url=base_url, workers=workers))
 
@@ -162,8 +166,7 @@ def prepare_commonvoice(
         raise AsrkitError(f"--min-upvotes {min_upvotes} must be 0 or more")
     if not 0 <= min_duration < max_duration:
         raise AsrkitError(f"--min-duration {min_duration} / --max-duration {max_duration}: need 0 <= min < max")
-    if workers < 1:
-        raise AsrkitError(f"--workers {workers} must be at least 1")
+    _check_workers(workers)
     _print_summary(commonvoice.prepare(cv_dir, out_dir, lang=lang, splits=_split_list(splits),
                                        min_upvotes=min_upvotes, min_duration=min_duration,
                                        max_duration=max_duration, sample_rate=sample_rate, workers=workers))
@@ -185,8 +188,7 @@ def prepare_an4(
 
     if dev_speakers < 0:
         raise AsrkitError(f"--dev-speakers {dev_speakers} must be 0 or more")
-    if workers < 1:
-        raise AsrkitError(f"--workers {workers} must be at least 1")
+    _check_workers(workers)
     _print_summary(an4.prepare(corpus_dir, out_dir, dev_speakers=dev_speakers, workers=workers))
 
 
