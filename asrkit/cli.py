@@ -16,8 +16,20 @@ import typer
 
 from asrkit.errors import AsrkitError
 
+# Exit codes, the same for every command (scripts such as recipes/*/run.sh rely on them).
+EXIT_OK = 0  # everything was done
+EXIT_CRASH = 1  # an unexpected error: Python's own code for an uncaught exception (a bug; the traceback says where)
+EXIT_USER_ERROR = 2  # bad input found before any work was done: the one-line message says what to fix
+EXIT_PARTIAL = 3  # finished, but some inputs failed or were skipped: each is named with the reason
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CODES_HELP = (f"Exit codes: {EXIT_OK} everything done; {EXIT_USER_ERROR} an error in the input, found before "
+                   f"any work (the message says how to fix it); {EXIT_PARTIAL} finished, but some inputs failed or "
+                   f"were skipped (each is named with the reason, and a summary line counts them); {EXIT_CRASH} an "
+                   f"unexpected error (a bug: please report it with the traceback); {EXIT_INTERRUPTED} interrupted.")
+
 app = typer.Typer(help="End-to-end speech recognition: prepare corpora, train, transcribe, evaluate.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 prepare_app = typer.Typer(help="Turn a corpus into JSONL manifests (one per split) in OUT.", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
 
@@ -25,7 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(func: F) -> F:
-    """Print an AsrkitError as one line `error: ...` and exit with code 2, without a traceback."""
+    """Print an AsrkitError as one line `error: ...` and exit with EXIT_USER_ERROR (2), without a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,12 +45,16 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except AsrkitError as err:
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _split_list(value: str) -> list[str]:
@@ -50,10 +66,18 @@ def _check_workers(workers: int) -> None:
         raise AsrkitError(f"--workers {workers} must be at least 1")
 
 
+SHOW_SKIPPED = 20  # prepare names this many skipped inputs on stderr; skipped.tsv lists them all
+
+
 def _print_summary(result: Any) -> None:
+    """The skipped inputs (the first SHOW_SKIPPED) on stderr, then the summary; EXIT_PARTIAL if any was skipped."""
+    for item in result.skipped[:SHOW_SKIPPED]:
+        typer.echo(f"skipped {item.path}: {item.reason}", err=True)
+    if len(result.skipped) > SHOW_SKIPPED:
+        typer.echo(f"... and {len(result.skipped) - SHOW_SKIPPED:,} more, in {result.report_path}", err=True)
     typer.echo(result.summary())
     if result.skipped:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @prepare_app.command("folder")
@@ -69,7 +93,7 @@ def prepare_folder(
     seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
     workers: Annotated[int, typer.Option(help="Threads measuring durations.")] = 4,
 ) -> None:
-    """Prepare a folder of audio + text. Exit code 1 when some files were skipped (listed in skipped.tsv)."""
+    """Prepare a folder of audio + text. Exit code 3 when some files were skipped (listed in skipped.tsv)."""
     from asrkit.prepare import folder
 
     for frac, opt in ((dev_fraction, "--dev-fraction"), (test_fraction, "--test-fraction")):
@@ -130,7 +154,7 @@ def prepare_librispeech(
                                                  "(default: $ASRKIT_LIBRISPEECH_URL if set).")] = None,
     workers: Annotated[int, typer.Option(help="Threads measuring durations.")] = 4,
 ) -> None:
-    """Prepare LibriSpeech: one manifest per subset, with speaker and chapter. Exit code 1 when some files were
+    """Prepare LibriSpeech: one manifest per subset, with speaker and chapter. Exit code 3 when some files were
     skipped (listed in skipped.tsv)."""
     from asrkit.prepare import librispeech
 
@@ -159,7 +183,7 @@ def prepare_commonvoice(
     workers: Annotated[int, typer.Option(help="Threads converting MP3 to FLAC.")] = 4,
 ) -> None:
     """Prepare Common Voice: MP3 -> FLAC cache (resumable), vote/duration filters, per-language text
-    normalisation. Exit code 1 when some clips were skipped (listed in skipped.tsv)."""
+    normalisation. Exit code 3 when some clips were skipped (listed in skipped.tsv)."""
     from asrkit.prepare import commonvoice
 
     if min_upvotes < 0:
@@ -182,7 +206,7 @@ def prepare_an4(
                                               "to a speaker-disjoint dev split.")] = 0,
     workers: Annotated[int, typer.Option(help="Threads measuring durations and converting .raw files.")] = 4,
 ) -> None:
-    """Prepare the CMU AN4 census corpus: train and test as the corpus defines them, optional dev. Exit code 1
+    """Prepare the CMU AN4 census corpus: train and test as the corpus defines them, optional dev. Exit code 3
     when some files were skipped (listed in skipped.tsv)."""
     from asrkit.prepare import an4
 
@@ -204,19 +228,21 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from EXP/last.pt where it stopped.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train a model; writes EXP/last.pt and EXP/best.pt (best dev WER)."""
+    """Train a model; writes EXP/last.pt and EXP/best.pt (best dev WER). Exit code 3 when some utterances were
+    skipped (unreadable audio, or longer than train.max_duration; listed in EXP/skipped.tsv)."""
     from asrkit.config import load_config
     from asrkit.train import fit
 
     cfg = load_config(config, set_ or [])
     result = fit(cfg, data, exp, resume=resume, progress=progress)
     if not result.main:  # another DDP rank: rank 0 reports
-        raise typer.Exit(1 if result.skipped else 0)
+        raise typer.Exit(EXIT_PARTIAL if result.skipped else EXIT_OK)
     best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""
-    typer.echo(f"trained {result.steps} steps, {result.epochs} epochs{best}; checkpoints in {exp}")
+    typer.echo(f"trained {_count(result.steps, 'step')}, {_count(result.epochs, 'epoch')}{best}; checkpoints in {exp}")
     if result.skipped:
-        typer.echo(f"{len(result.skipped)} utterance(s) skipped (unreadable audio): see {exp}/skipped.tsv", err=True)
-        raise typer.Exit(1)
+        typer.echo(f"{len(result.skipped)} utterance(s) skipped (unreadable audio, or longer than "
+                   f"train.max_duration): see {exp}/skipped.tsv", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command()
@@ -272,11 +298,9 @@ def _transcribe_stream(model: Path, audio: list[Path], out: Path | None, format:
         typer.echo(f"error: {f.path}: {f.reason}", err=True)
     if failures:
         typer.echo(f"{len(failures)} of {len(audio)} inputs failed", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
-# ============================== paste into asrkit/cli.py ==============================
-# (1) near the top, after `app.add_typer(prepare_app, name="prepare")`:
 lm_app = typer.Typer(help="Word n-gram language models (KenLM) for CTC beam search.", no_args_is_help=True)
 app.add_typer(lm_app, name="lm")
 
@@ -302,7 +326,7 @@ def lm_build(
     memory: Annotated[str, typer.Option(help="lmplz -S: memory for sorting, e.g. 20% or 2G.")] = "20%",
 ) -> None:
     """Train a word n-gram LM with KenLM's lmplz on text normalised like the transcripts (needs `make kenlm`)."""
-    from asrkit.lm import build_lm
+    from asrkit.lm_build import build_lm
 
     try:
         counts = [int(p) for p in prune.split(",") if p.strip()]
@@ -333,9 +357,24 @@ DecodeParamsOpt = Annotated[Path | None, typer.Option(help="Decode settings writ
                                                       "(default: tune.json beside the model, if there).")]
 GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Greedy decoding even if tune.json is beside the model.")]
 WorkersOpt = Annotated[int, typer.Option(help="Processes decoding in parallel (0: one per CPU core).")]
+SegmentOpt = Annotated[float | None, typer.Option(help="Audio longer than this many seconds (default 40) is cut at "
+                                                  "pauses into pieces of at most this length, decoded and stitched, so "
+                                                  "memory stays bounded for hours of audio; 0: decode files whole.")]
 
 
-# (2) replace the `transcribe` command with (the --stream part is as it is now):
+def _segment_seconds(seconds: float | None) -> float:
+    """--segment-seconds checked, or asrkit.longform's default."""
+    from asrkit.longform import DEFAULT_SEGMENT_SECONDS, check_segment_seconds
+
+    if seconds is None:
+        return DEFAULT_SEGMENT_SECONDS
+    try:
+        check_segment_seconds(seconds)
+    except AsrkitError as err:
+        raise AsrkitError(f"--segment-seconds: {err}") from None
+    return seconds
+
+
 @app.command()
 @user_errors
 def transcribe(
@@ -357,6 +396,7 @@ def transcribe(
     decode_params: DecodeParamsOpt = None,
     greedy: GreedyOpt = False,
     workers: WorkersOpt = 0,
+    segment_seconds: SegmentOpt = None,
     stream: Annotated[bool, typer.Option("--stream", help="Feed the audio in --chunk-ms chunks through a streaming "
                                          "model (a unidirectional transducer); partial transcripts go to standard "
                                          "error as they stabilise, with the compute latency per chunk.")] = False,
@@ -366,7 +406,7 @@ def transcribe(
         "--plot-attention", metavar="DIR", help="Also write DIR/<audio stem>.png: the attention alignment of each "
         "file (attention models such as las), to see whether the model learned to align.")] = None,
 ) -> None:
-    """Transcribe audio files. Exit code 1 if any file could not be read (the rest are still transcribed)."""
+    """Transcribe audio files. Exit code 3 if any file could not be read (the rest are still transcribed)."""
     from asrkit.transcribe import hypothesis_json, transcribe_nbest
 
     if stream:
@@ -380,7 +420,7 @@ def transcribe(
     decode = _decode_settings(model, decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight,
                               nbest)
     results, failures = transcribe_nbest(model, audio, device=device, batch_size=batch_size, decode=decode,
-                                         workers=workers)
+                                         workers=workers, segment_seconds=_segment_seconds(segment_seconds))
     lines = [hypothesis_json(p, hyps[0], hyps if len(hyps) > 1 else ()) if format == OutputFormat.jsonl
              else f"{p}\t{hyps[0].text}" for p, hyps in results]
     text = "".join(line + "\n" for line in lines)
@@ -397,10 +437,9 @@ def transcribe(
         typer.echo(f"error: {f.path}: {f.reason}", err=True)
     if failures:
         typer.echo(f"{len(failures)} of {len(audio)} files failed", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
-# (3) replace the `evaluate` command with:
 @app.command()
 @user_errors
 def evaluate(
@@ -419,8 +458,10 @@ def evaluate(
     decode_params: DecodeParamsOpt = None,
     greedy: GreedyOpt = False,
     workers: WorkersOpt = 0,
+    segment_seconds: SegmentOpt = None,
 ) -> None:
-    """Word and character error rates of a model on a manifest."""
+    """Word and character error rates of a model on a manifest. Exit code 3 when some utterances could not be read
+    (they are named, left out of the WER and listed in the report)."""
     from asrkit.checkpoint import resolve_checkpoint
     from asrkit.transcribe import evaluate as run
 
@@ -429,7 +470,7 @@ def evaluate(
     if report is None:
         report = resolve_checkpoint(model).parent / f"{manifest.stem}.report.json"
     result = run(model, manifest, report=report, device=device, batch_size=batch_size, decode=decode,
-                 workers=workers)
+                 workers=workers, segment_seconds=_segment_seconds(segment_seconds))
     how = "greedy" if decode is None else f"beam {decode.beam_size}" + (
         f", LM alpha {decode.alpha:g} beta {decode.beta:g}" if decode.lm else "")
     typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, {how}; "
@@ -437,7 +478,9 @@ def evaluate(
     for f in result.failures:
         typer.echo(f"error: {f.path}: {f.reason}", err=True)
     if result.failures:
-        raise typer.Exit(1)
+        typer.echo(f"{len(result.failures)} of {len(result.utterances) + len(result.failures)} utterances failed "
+                   "(left out of the WER; listed in the report)", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 class TuneMethod(StrEnum):
@@ -462,6 +505,9 @@ def tune(
     trials: Annotated[int, typer.Option(help="Random settings tried.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the random search.")] = 0,
     beam_size: Annotated[int, typer.Option(help="Beams kept per frame while tuning (and written).")] = 32,
+    backend: Annotated[str, typer.Option(help="Beam search: flashlight (compiled, the LM's words only; asrkit "
+                                         "where not installed), asrkit or pyctcdecode. Written with the weights: "
+                                         "alpha and beta are tuned for it.")] = "flashlight",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 16,
     workers: WorkersOpt = 0,
@@ -476,14 +522,13 @@ def tune(
     result = run(model, dev_manifest, lm, out=out, method=method.value,
                  alpha_range=_parse_range(alpha_range, "--alpha-range"),
                  beta_range=_parse_range(beta_range, "--beta-range"), steps=steps, trials=trials, seed=seed,
-                 base=LMDecodeOptions(beam_size=beam_size), device=device, batch_size=batch_size, workers=workers,
-                 progress=progress)
+                 base=LMDecodeOptions(beam_size=beam_size, backend=backend), device=device, batch_size=batch_size,
+                 workers=workers, progress=progress)
     typer.echo(result.summary())
     for f in result.failures:
         typer.echo(f"error: {f.path}: {f.reason}", err=True)
     if result.failures:
-        raise typer.Exit(1)
-# ============================== end ==============================
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def main() -> None:

@@ -115,6 +115,7 @@ class TrainConfig:
     epochs: int = 20  # passes over the training set
     max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
     batch_seconds: float = 120.0  # cap on padded audio seconds per batch (duration-bucketed)
+    max_duration: float = 60.0  # skip (and list in EXP/skipped.tsv) utterances longer than this, seconds; 0 = no limit
     max_batch_size: int = 32  # cap on utterances per batch
     sortagrad: bool = True  # first epoch in order of increasing duration
     optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum)

@@ -85,10 +85,15 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
     """Train on data_dir/train.jsonl (dev WER on data_dir/dev.jsonl when present) into exp_dir."""
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
     _check_train_config(cfg)
-    train_utts = read_manifest(data_dir / "train.jsonl")
+    train_utts, too_long = _drop_too_long(read_manifest(data_dir / "train.jsonl"), cfg.train.max_duration,
+                                          data_dir / "train.jsonl")
     dev_utts = read_manifest(data_dir / "dev.jsonl") if (data_dir / "dev.jsonl").is_file() else []
     group = _Group.start(cfg.train.device)
     _set_cpu_threads(group.device, cfg.train.num_workers, group.world)
+    if too_long and group.main:
+        say(f"skipping {len(too_long)} training utterance(s) longer than train.max_duration = "
+            f"{cfg.train.max_duration:g} s ({', '.join(list(too_long)[:3])}{' ...' if len(too_long) > 3 else ''}); "
+            f"listed in {exp_dir / 'skipped.tsv'}")
     try:
         group.from_main(lambda: _prepare_exp_dir(exp_dir, resume))
         random.seed(cfg.train.seed)
@@ -101,7 +106,7 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
             tok, stats, skipped = group.from_main(lambda: _fit_data(cfg, train_utts, data_dir, progress))
             tokenizer, featurizer = tokenizer_from_dict(tok), Featurizer(cfg.features, *stats)
             model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(group.device)
-            state = {"skipped": skipped}
+            state = {"skipped": {**too_long, **skipped}}
         if group.main:
             _check_dev_text(tokenizer, dev_utts, data_dir)
         optimizer = _make_optimizer(cfg, model)
@@ -196,8 +201,8 @@ class _Loop:
         if self.nonfinite:
             self.say(f"{self.nonfinite} step(s) skipped for a non-finite loss (never applied to the weights)")
         if self.skipped:
-            self.say(f"{len(self.skipped)} training utterance(s) skipped because their audio could not be read; "
-                     f"listed in {self.exp_dir / 'skipped.tsv'}")
+            self.say(f"{len(self.skipped)} training utterance(s) skipped (unreadable audio, or longer than "
+                     f"train.max_duration); listed with the reason in {self.exp_dir / 'skipped.tsv'}")
         return FitResult(self.step, self.epoch, self.best_wer, self.history, self.skipped, self.stopped_early,
                          self.audio_seconds, self.train_seconds, self.group.main)
 
@@ -513,6 +518,24 @@ def _resumed_config(saved: Config, given: Config) -> Config:
         raise AsrkitError(f"--resume: config differs from the checkpoint's in {', '.join(diffs)}; resume with the "
                           "same config or start a new --exp")
     return given
+
+
+def _drop_too_long(utts: list[Utterance], max_duration: float,
+                   manifest: Path) -> tuple[list[Utterance], dict[str, str]]:
+    """The utterances no longer than `max_duration` seconds (0: all), and {id: reason} for the others: one
+    hour of audio in a batch would exhaust memory rather than teach the model anything."""
+    if max_duration < 0:
+        raise AsrkitError(f"train.max_duration = {max_duration}: must be 0 (no limit) or more seconds")
+    if not max_duration:
+        return utts, {}
+    kept = [u for u in utts if u.duration <= max_duration]
+    too_long = {u.id: f"{u.duration:.1f} s is longer than train.max_duration = {max_duration:g} s; cut the "
+                      "recording into shorter utterances or raise train.max_duration" for u in utts
+                if u.duration > max_duration}
+    if not kept:
+        raise AsrkitError(f"{manifest}: all {len(utts)} utterance(s) are longer than train.max_duration = "
+                          f"{max_duration:g} s; raise train.max_duration (0: no limit) or cut the audio shorter")
+    return kept, too_long
 
 
 def _fit_data(cfg: Config, utts: list[Utterance], data_dir: Path,

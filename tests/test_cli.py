@@ -116,3 +116,30 @@ def test_prepare_fsdd_wrong_layout(tmp_path: Path) -> None:
 def test_prepare_fsdd_bad_digit_range(tmp_path: Path) -> None:
     code, out = run("prepare", "fsdd", str(tmp_path), str(tmp_path / "o"), "--min-digits", "4", "--max-digits", "2")
     assert code == 2 and "--min-digits 4" in out
+
+
+def test_exit_codes_are_distinct_and_documented() -> None:
+    from asrkit.cli import EXIT_CRASH, EXIT_OK, EXIT_PARTIAL, EXIT_USER_ERROR
+
+    assert len({EXIT_OK, EXIT_CRASH, EXIT_USER_ERROR, EXIT_PARTIAL}) == 4 and EXIT_CRASH == 1  # Python's traceback
+    code, out = run("--help")
+    assert code == 0 and "Exit codes:" in out
+    flat = " ".join(out.split())
+    assert f"{EXIT_PARTIAL} finished, but some inputs failed or were skipped" in flat
+    assert f"{EXIT_USER_ERROR} an error in the input" in flat
+
+
+def test_prepare_with_skipped_files_exits_partial_and_names_them(tmp_path: Path, wav: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    wav.rename(corpus / "good.wav")
+    (corpus / "good.txt").write_text("good")
+    (corpus / "bad.wav").write_bytes(b"not audio" * 10)
+    (corpus / "bad.txt").write_text("bad")
+    code, out = run("prepare", "folder", str(corpus), str(tmp_path / "out"))
+    assert code == 3
+    assert f"skipped {corpus / 'bad.wav'}: cannot read audio (Format not recognised.)" in out
+    assert "all: 1 utterances" in out and "skipped 1 input(s)" in out
+    (corpus / "bad.wav").unlink()
+    code, out = run("prepare", "folder", str(corpus), str(tmp_path / "out"))
+    assert code == 0 and "skipped nothing" in out

@@ -118,3 +118,17 @@ def test_real_an4(shared_data_dir: Path, tmp_path: Path) -> None:
     assert {u.speaker for u in result.splits["train"]}.isdisjoint({u.speaker for u in result.splits["dev"]})
     total = sum(u.duration for utts in result.splits.values() for u in utts)
     assert 40 * 60 < total < 45 * 60  # the README's 42 minutes
+
+
+def test_a_rerun_measures_nothing_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asrkit.prepare import common
+
+    corpus, out = make_an4(tmp_path / "corpus"), tmp_path / "out"
+    first = an4.prepare(corpus, out)
+
+    def fail(path: object, **kwargs: object) -> None:
+        raise AssertionError(f"{path} measured again")
+
+    monkeypatch.setattr(common, "audio_info", fail)  # every duration must come from out/.measured.cache
+    again = an4.prepare(corpus, out)
+    assert again.splits == first.splits and again.skipped == first.skipped

@@ -155,3 +155,19 @@ def test_missing_subset_without_download_says_how_to_fix(tmp_path: Path) -> None
     corpus = make_librispeech(tmp_path / "corpus")
     with pytest.raises(AsrkitError, match="test-clean not found in .*pass --download"):
         librispeech.prepare(tmp_path / "out", subsets=["dev-clean", "test-clean"], corpus_dir=corpus)
+
+
+def test_a_rerun_measures_nothing_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asrkit.prepare import common
+
+    corpus, out = make_librispeech(tmp_path / "corpus"), tmp_path / "out"
+    librispeech.prepare(out, subsets=["dev-clean"], corpus_dir=corpus)
+    manifest = (out / "dev-clean.jsonl").read_text(encoding="utf-8")
+
+    def fail(path: object, **kwargs: object) -> None:
+        raise AssertionError(f"{path} measured again")
+
+    monkeypatch.setattr(common, "audio_info", fail)  # every result, the unreadable flac's too, is cached
+    librispeech.prepare(out, subsets=["dev-clean"], corpus_dir=corpus)
+    assert (out / "dev-clean.jsonl").read_text(encoding="utf-8") == manifest
+    _check_dev_clean(out)

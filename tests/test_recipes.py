@@ -96,7 +96,7 @@ def test_an4_recipe_on_a_miniature(tmp_path: Path) -> None:
     args = ["--an4-dir", str(corpus), "--dev-speakers", "1", "--data", str(data), "--exp", str(exp),
             "--workers", "1", "--device", "cpu", "--no-lm", *TINY_SETS]
     first = run_recipe(script, *args, "--stop-stage", "2")
-    assert "some inputs were left out, see" in first.stderr  # the miniature's broken entries: exit 1 is a warning
+    assert "some inputs were left out, see" in first.stderr  # broken entries: exit 3 = partial
     assert {p.name for p in data.glob("*.jsonl")} == {"train.jsonl", "dev.jsonl", "test.jsonl"}
     assert len(_lines(data / "train.jsonl")) + len(_lines(data / "dev.jsonl")) == 5
     assert "train: " in (data / "summary.txt").read_text(encoding="utf-8")

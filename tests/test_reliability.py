@@ -1,5 +1,5 @@
-"""Reliability: unreadable audio skipped and reported, non-finite losses skipped, SIGKILL + --resume
-reproduces an uninterrupted run exactly."""
+"""Reliability: unreadable and overlong audio skipped and reported, non-finite losses skipped, SIGKILL + --resume
+reproduces an uninterrupted run exactly, a prepare killed while measuring resumes without measuring again."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 from conftest import FSDD_ASSETS
 from typer.testing import CliRunner
@@ -52,7 +53,7 @@ def test_unreadable_training_audio_is_skipped_and_reported(tmp_path: Path) -> No
     result = CliRunner().invoke(app, ["train", "--data", str(data), "--exp", str(tmp_path / "exp"),
                                       "--set", "train.epochs=1", "--set", "model.rnn_hidden=16",
                                       "--set", "train.num_workers=0", "--no-progress"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output  # EXIT_PARTIAL: finished, some inputs skipped
     assert "skipping broken:" in result.output and "broken.wav" in result.output
     assert "1 utterance(s) skipped" in result.output
     report = (tmp_path / "exp" / "skipped.tsv").read_text().splitlines()
@@ -127,3 +128,90 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
     shutil.rmtree(straight)
+
+
+def test_utterances_longer_than_max_duration_are_skipped_and_listed(tmp_path: Path) -> None:
+    long = {"id": "long", "audio_filepath": str(FSDD_ASSETS / "1_lucas_10.wav"), "duration": 75.0, "text": "one"}
+    data = make_data(tmp_path, [long])
+    cfg = build_config({**TINY, "train": {**TINY["train"], "max_steps": 1}})
+    result = fit(cfg, data, tmp_path / "exp", progress=False)
+    assert result.skipped == {"long": "75.0 s is longer than train.max_duration = 60 s; cut the recording into "
+                                      "shorter utterances or raise train.max_duration"}
+    assert (tmp_path / "exp" / "skipped.tsv").read_text().splitlines()[1].startswith("long\t75.0 s is longer")
+
+    no_limit = build_config({**TINY, "train": {**TINY["train"], "max_steps": 1, "max_duration": 0.0}})
+    assert fit(no_limit, data, tmp_path / "exp0", progress=False).skipped == {}
+    only_long = make_data(tmp_path / "b", [])
+    (only_long / "train.jsonl").write_text(json.dumps(long) + "\n")
+    with pytest.raises(AsrkitError, match=r"all 1 utterance\(s\) are longer than train.max_duration = 60 s"):
+        fit(cfg, only_long, tmp_path / "exp1", progress=False)
+
+
+def _fsdd_folder(root: Path, n: int) -> list[str]:
+    """`n` FSDD recordings as 00.wav, 01.wav, ... with same-stem transcripts; their names in order."""
+    root.mkdir(parents=True)
+    names = []
+    for i in range(n):
+        digit = i % 4
+        shutil.copy(FSDD_ASSETS / f"{digit}_lucas_{10 + i // 4}.wav", root / f"{i:02d}.wav")
+        (root / f"{i:02d}.txt").write_text(WORDS[digit])
+        names.append(f"{i:02d}.wav")
+    return names
+
+
+def test_prepare_killed_while_measuring_resumes_where_it_stopped(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from asrkit.prepare import common, folder
+
+    corpus = tmp_path / "corpus"
+    names = _fsdd_folder(corpus, 12)
+    folder.prepare(corpus, tmp_path / "straight", workers=1)
+
+    # A child `asrkit prepare folder` whose measuring hangs on the 6th file: 5 results are in the cache, then KILL.
+    hang = ("import sys, threading, pathlib, asrkit.prepare.common as c\n"
+            "real = c.audio_info\n"
+            "def audio_info(path, **kw):\n"
+            "    if pathlib.Path(path).name == '05.wav':\n"
+            "        threading.Event().wait()\n"
+            "    return real(path, **kw)\n"
+            "c.audio_info = audio_info\n"
+            "from asrkit.cli import app\n"
+            "app()\n")
+    out = tmp_path / "killed"
+    cache = out / common.MEASURED_FILE
+    proc = subprocess.Popen([sys.executable, "-c", hang, "prepare", "folder", str(corpus), str(out), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (cache.is_file() and cache.read_text().count("\n") >= 5) and time.monotonic() < deadline:
+            assert proc.poll() is None, "prepare ended before it was killed"
+            time.sleep(0.05)
+        time.sleep(0.3)  # nothing more comes: the 6th file hangs
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [json.loads(line)["path"] for line in cache.read_text().splitlines()] == [
+        str(corpus / name) for name in names[:5]]
+    assert not list(out.glob("*.jsonl")) and not (out / "all.jsonl.tmp").exists()  # no manifest, not even half
+    with cache.open("a") as f:
+        f.write('{"path": "' + str(corpus / names[5]) + '", "size": 12')  # a line torn by a kill mid-write
+
+    measured: list[str] = []
+    real = common.audio_info
+
+    def counting(path: str | Path, **kwargs: bool) -> tuple[float, int]:
+        measured.append(Path(path).name)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(common, "audio_info", counting)
+    folder.prepare(corpus, out, workers=1)
+    assert measured == names[5:]  # only what the killed run had not measured
+    assert (out / "all.jsonl").read_text() == (tmp_path / "straight" / "all.jsonl").read_text()
+    torn = [line for line in cache.read_text().splitlines() if not line.endswith("}")]
+    assert torn == ['{"path": "' + str(corpus / names[5]) + '", "size": 12']  # the new lines start after it
+
+    measured.clear()
+    shutil.copy(FSDD_ASSETS / "3_lucas_17.wav", corpus / names[0])  # a changed file is measured again
+    result = folder.prepare(corpus, out, workers=1)
+    assert measured == [names[0]]
+    assert result.splits["all"][0].duration == pytest.approx(sf.info(str(corpus / names[0])).duration)

@@ -1,7 +1,15 @@
-"""Audio loading: any sample rate and channel count in, mono float32 at the model rate out."""
+"""Audio loading: any sample rate and channel count in, mono float32 at the model rate out.
+
+Every failure is an `AudioError` naming the file and the reason: a missing file, an empty (0-byte) file, a
+format libsndfile does not recognise, no samples, data that ends before the header says (a truncated
+download), NaN or infinite samples.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,39 +18,75 @@ import torch
 
 from asrkit.errors import AudioError
 
+TAIL_FRAMES = 1024  # audio_info decodes this many frames at the end to find files cut short
 
-def audio_info(path: str | Path) -> tuple[float, int]:
-    """(duration in seconds, sample rate) without decoding the samples."""
+
+def audio_info(path: str | Path, *, check_end: bool = True) -> tuple[float, int]:
+    """(duration in seconds, sample rate) from the header. With `check_end`, the last few milliseconds are
+    decoded too (cheap: one seek), so a file cut short after its header (a truncated FLAC download) fails
+    here with a clear reason rather than later, while training or decoding."""
     import soundfile as sf
 
+    _check_file(path, "cannot read audio")
     try:
-        info = sf.info(str(path))
-    except FileNotFoundError:
-        raise AudioError(path, "file not found") from None
+        f = sf.SoundFile(str(path))
     except Exception as err:  # libsndfile raises a plain RuntimeError/LibsndfileError
         raise AudioError(path, f"cannot read audio ({_reason(err)})") from None
-    if info.frames <= 0:
-        raise AudioError(path, "audio has no samples")
-    return info.frames / info.samplerate, int(info.samplerate)
+    with f:
+        frames, rate = int(f.frames), int(f.samplerate)
+        if frames <= 0 or rate <= 0:
+            raise AudioError(path, "audio has no samples")
+        if check_end and f.seekable():
+            tail = min(frames, TAIL_FRAMES)
+            try:
+                f.seek(frames - tail)
+                got = len(f.read(tail, dtype="float32", always_2d=True))
+                problem = "" if got == tail else f"only {got} of the last {tail} samples decode"
+            except Exception as err:
+                problem = _reason(err)
+            if problem:
+                raise AudioError(path, f"truncated or damaged audio: the header says {frames / rate:.2f} s but "
+                                       f"decoding fails before the end ({problem}); copy or download it again")
+    return frames / rate, rate
 
 
 def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """Decode with soundfile, down-mix to mono, resample to `sample_rate`. Returns (samples,) float32."""
     import soundfile as sf
 
+    _check_file(path, "cannot decode audio")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(path, "file not found") from None
+        f = sf.SoundFile(str(path))
     except Exception as err:
         raise AudioError(path, f"cannot decode audio ({_reason(err)})") from None
+    with f:
+        sr = int(f.samplerate)
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except Exception as err:
+            raise AudioError(path, f"cannot decode audio: truncated or damaged data after the header "
+                                   f"({_reason(err)}); copy or download it again") from None
     if data.shape[0] == 0:
         raise AudioError(path, "audio has no samples")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
         raise AudioError(path, "audio contains NaN or infinite samples")
     wave = torch.from_numpy(np.ascontiguousarray(mono))
-    return resample(wave, int(sr), sample_rate)
+    return resample(wave, sr, sample_rate)
+
+
+def _check_file(path: str | Path, failure: str) -> None:
+    """AudioError for what libsndfile reports vaguely: a missing file ("System error"), a folder, 0 bytes."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(path, "file not found") from None
+    except OSError as err:
+        raise AudioError(path, f"{failure} ({err.strerror or err})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(path, "is a folder, not an audio file")
+    if st.st_size == 0:
+        raise AudioError(path, f"{failure}: empty file (0 bytes)")
 
 
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
@@ -68,5 +112,8 @@ def write_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: 
 
 
 def _reason(err: Exception) -> str:
+    """libsndfile's message without the path it repeats ("Error opening '/x.wav': ") or an empty "Error : "."""
     msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    msg = re.sub(r"^Error opening '.*': ", "", msg)
+    msg = re.sub(r"^Error : ", "", msg)
     return msg[:200]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, measure, progress_bar
+from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, keep_measured, progress_bar
 from asrkit.records import Utterance
 
 PARTS = ("train", "test")
@@ -152,16 +152,14 @@ def _build(root: Path, out_dir: Path, entries: list[_Entry], skipped: list[Skipp
         else:
             skipped.append(Skipped(str(sph), f"audio not found (no {sph.name} or {raw.name}) for {entry.where}"))
     located += _convert_raws(raws, skipped, workers)
-    utts: list[Utterance] = []
-    for (entry, audio), (duration, reason) in zip(located, measure([a for _, a in located], workers), strict=True):
+    pending: list[tuple[Path, Utterance]] = []
+    for entry, audio in located:
         text = normalize_text(entry.text)
-        if duration is None:
-            skipped.append(Skipped(str(audio), reason or "cannot read audio"))
-        elif not text:
+        if not text:
             skipped.append(Skipped(entry.where, f"empty transcription for {entry.utt_id}"))
         else:
-            utts.append(Utterance(entry.utt_id, str(audio.resolve()), duration, text, entry.speaker))
-    return sorted(utts, key=lambda u: u.id)
+            pending.append((audio, Utterance(entry.utt_id, str(audio.resolve()), 0.0, text, entry.speaker)))
+    return sorted(keep_measured(pending, skipped, workers, out_dir), key=lambda u: u.id)
 
 
 def _convert_raws(raws: list[tuple[_Entry, Path, Path]], skipped: list[Skipped],

@@ -6,19 +6,25 @@ calls `finish`, which writes `<split>.jsonl` manifests and `skipped.tsv` so noth
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TextIO
 
 from asrkit.data.audio import audio_info
 from asrkit.data.manifest import write_manifest
 from asrkit.errors import AsrkitError, AudioError
+from asrkit.progress import say
 from asrkit.records import Utterance
 
 SKIPPED_FILE = "skipped.tsv"
+MEASURED_FILE = ".measured.cache"  # in the output folder (JSON lines): durations measured so far, for a rerun
 
 
 @dataclass(frozen=True)
@@ -66,24 +72,59 @@ def check_writable(out_dir: Path) -> None:
                           "choose a folder you can write to") from None
 
 
-def measure(paths: Sequence[str | Path], workers: int = 4) -> list[tuple[float | None, str | None]]:
-    """Durations of `paths` (headers only, in a thread pool), in order: (seconds, None) or (None, reason).
+_Key = tuple[str, int, int]  # absolute path, size in bytes, modification time in ns
+_Result = tuple[float | None, str | None]  # (duration, None) or (None, why the file cannot be used)
 
-    Never raises for a bad file; a transient rich progress bar is shown on stderr when it is a terminal.
+
+def measure(paths: Sequence[str | Path], workers: int = 4,
+            cache: Path | None = None) -> list[_Result]:
+    """Durations of `paths` (headers and a tail check, in a thread pool), in order: (seconds, None) or
+    (None, reason). Never raises for a bad file; a transient progress bar is shown when stderr is a terminal.
+
+    With `cache` (JSON lines, normally OUT/.measured.cache) every result is appended to it as soon as it is
+    known, one flushed line per file keyed by path, size and modification time; a rerun after a kill reads it
+    back and measures only the files that are new or changed since. A torn last line is ignored. Delete the
+    cache to measure everything again. (Not named *.jsonl, so that globs for manifests do not pick it up.)
     """
     if workers < 1:
         raise AsrkitError(f"workers {workers} must be at least 1")
-    results: list[tuple[float | None, str | None]] = []
-    with progress_bar("measuring audio", len(paths)) as advance, ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(_measure_one, paths):
-            results.append(result)
+    known = _read_cache(cache) if cache is not None else {}
+    results: list[_Result] = [(None, None)] * len(paths)
+    reused = 0
+    with contextlib.ExitStack() as stack:
+        log = _open_cache(cache) if cache is not None else None
+        if log is not None:
+            stack.enter_context(log)
+        advance = stack.enter_context(progress_bar("measuring audio", len(paths)))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
+        jobs = {pool.submit(_measure_cached, p, known): i for i, p in enumerate(paths)}
+        for job in as_completed(jobs):
+            key, result, fresh = job.result()
+            results[jobs[job]] = result
+            if fresh and log is not None and key is not None:
+                log.write(json.dumps({"path": key[0], "size": key[1], "mtime_ns": key[2], "duration": result[0],
+                                      "reason": result[1]}, ensure_ascii=False) + "\n")
+                log.flush()  # a kill loses at most the line being written
+            reused += not fresh
             advance()
+    if reused:
+        say(f"{reused:,} of {len(paths):,} audio files measured by an earlier run (cached in {cache})")
     return results
 
 
-def _measure_one(path: str | Path) -> tuple[float | None, str | None]:
-    if not Path(path).is_file():  # libsndfile reports a missing file as a vague "System error"
-        return None, "file not found"
+def _measure_cached(path: str | Path, known: dict[_Key, _Result]) -> tuple[_Key | None, _Result, bool]:
+    """(cache key, (duration, reason), measured now) of one file; the key is None when it cannot be stat()ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, _measure_one(path), True
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key in known:
+        return key, known[key], False
+    return key, _measure_one(path), True
+
+
+def _measure_one(path: str | Path) -> _Result:
     try:
         duration, _ = audio_info(path)
     except AudioError as err:
@@ -91,6 +132,62 @@ def _measure_one(path: str | Path) -> tuple[float | None, str | None]:
     except Exception as err:  # a preparer must report, never crash on one bad file
         return None, f"cannot read audio ({type(err).__name__}: {err})"
     return duration, None
+
+
+def _read_cache(cache: Path) -> dict[_Key, _Result]:
+    """The results of earlier runs; lines that do not parse (a line torn by a kill) are ignored."""
+    known: dict[_Key, _Result] = {}
+    try:
+        text = cache.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return known
+    except OSError as err:
+        raise AsrkitError(f"{cache}: cannot read the measurement cache ({err.strerror or err}); delete it") from None
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            key = (str(row["path"]), int(row["size"]), int(row["mtime_ns"]))
+            duration = None if row["duration"] is None else float(row["duration"])
+            reason = None if row["reason"] is None else str(row["reason"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if (duration is None) == (reason is None):  # exactly one of them: a duration or why there is none
+            continue
+        known[key] = (duration, reason)  # a later line (the file changed and was measured again) wins
+    return known
+
+
+def _open_cache(cache: Path) -> TextIO:
+    """`cache` opened for appending, starting on a new line if a kill left a torn last one."""
+    torn = False
+    try:
+        with cache.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+    except FileNotFoundError:
+        pass
+    log = cache.open("a", encoding="utf-8")
+    if torn:
+        log.write("\n")
+    return log
+
+
+def keep_measured(pending: Sequence[tuple[Path, Utterance]], skipped: list[Skipped], workers: int,
+                  out_dir: Path | None = None) -> list[Utterance]:
+    """Measure the audio of each (path, utterance-without-duration) pair; return the utterances with their
+    durations, appending the unreadable ones to `skipped` with the reason. With `out_dir`, measurements are
+    cached in out_dir/.measured.cache so an interrupted prepare resumes where it stopped."""
+    cache = Path(out_dir) / MEASURED_FILE if out_dir is not None else None
+    utts: list[Utterance] = []
+    for (path, utt), (duration, reason) in zip(pending, measure([p for p, _ in pending], workers, cache),
+                                               strict=True):
+        if duration is None:
+            skipped.append(Skipped(str(path), reason or "cannot read audio"))
+        else:
+            utts.append(replace(utt, duration=duration))
+    return utts
 
 
 @contextmanager

@@ -339,6 +339,8 @@ def convert_clip(src: Path, dst: Path, sample_rate: int) -> tuple[float | None, 
         wave = load_audio(src, sample_rate).numpy()
     except AudioError as err:
         kind = src.suffix.lstrip(".").upper() or "audio"
+        if not err.reason.startswith("cannot decode audio ("):  # empty, missing, truncated, no samples
+            return None, f"cannot decode {kind}: {err.reason.removeprefix('cannot decode audio: ')}"
         detail = err.reason.removeprefix("cannot decode audio (").removesuffix(")")
         return None, f"cannot decode {kind}: damaged or not {kind} (libsndfile: {detail})"
     except Exception as err:  # report, never crash on one bad clip

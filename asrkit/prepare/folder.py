@@ -24,7 +24,7 @@ from typing import Literal
 
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, measure
+from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, keep_measured
 from asrkit.records import Utterance
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".opus")
@@ -61,7 +61,8 @@ def prepare(corpus_dir: Path, out_dir: Path, *, list_file: Path | None = None, n
     else:
         candidates, skipped = _read_list(Path(list_file), corpus_dir)
     check_writable(Path(out_dir))
-    utts = _measure_all(candidates, skipped, workers)
+    pending = [(c.path, Utterance(c.utt_id, str(c.path.resolve()), 0.0, c.text, c.speaker)) for c in candidates]
+    utts = keep_measured(pending, skipped, workers, Path(out_dir))
     if dev_fraction == 0 and test_fraction == 0:
         splits = {name: utts}
     else:
@@ -200,17 +201,6 @@ def _parse_row(row: list[str], columns: tuple[int, int, int | None], width: int 
         raise AsrkitError(f"{where}: empty path; expected {expected}")
     speaker = row[speaker_col].strip() if speaker_col is not None and speaker_col < len(row) else ""
     return path, row[text_col], speaker
-
-
-def _measure_all(candidates: list[_Candidate], skipped: list[Skipped], workers: int) -> list[Utterance]:
-    """Utterances for the candidates whose audio is readable; the others are appended to `skipped`."""
-    utts: list[Utterance] = []
-    for cand, (duration, reason) in zip(candidates, measure([c.path for c in candidates], workers), strict=True):
-        if duration is None:
-            skipped.append(Skipped(str(cand.path), reason or "cannot read audio"))
-            continue
-        utts.append(Utterance(cand.utt_id, str(cand.path.resolve()), duration, cand.text, cand.speaker))
-    return utts
 
 
 def split_random(utts: list[Utterance], dev_fraction: float, test_fraction: float,

@@ -36,7 +36,7 @@ import numpy as np
 from asrkit.data.audio import load_audio, write_audio
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, measure, progress_bar
+from asrkit.prepare.common import MEASURED_FILE, PrepareResult, Skipped, check_writable, finish, measure, progress_bar
 from asrkit.records import Utterance
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -85,7 +85,7 @@ def prepare(corpus_dir: Path, out_dir: Path, *, split: str = "official", dev_spe
     by_split = assign_splits(recs, split, dev_speakers, test_speakers)
     out_dir = Path(out_dir)
     check_writable(out_dir)
-    durations = _measure_recordings(recs, skipped, workers)
+    durations = _measure_recordings(recs, skipped, workers, out_dir)
     by_split = {name: [r for r in part if r in durations] for name, part in by_split.items()}
     if connected:
         groups = {name: plan_groups(part, out_dir / "audio" / name, name, min_digits=min_digits,
@@ -159,10 +159,12 @@ def assign_splits(recs: list[Recording], split: str, dev_speakers: Sequence[str]
     return out
 
 
-def _measure_recordings(recs: list[Recording], skipped: list[Skipped], workers: int) -> dict[Recording, float]:
-    """Duration per readable recording; unreadable ones are appended to `skipped`."""
+def _measure_recordings(recs: list[Recording], skipped: list[Skipped], workers: int,
+                        out_dir: Path) -> dict[Recording, float]:
+    """Duration per readable recording (cached in out_dir/.measured.cache); unreadable ones go to `skipped`."""
     durations: dict[Recording, float] = {}
-    for rec, (duration, reason) in zip(recs, measure([r.path for r in recs], workers), strict=True):
+    results = measure([r.path for r in recs], workers, out_dir / MEASURED_FILE)
+    for rec, (duration, reason) in zip(recs, results, strict=True):
         if duration is None:
             skipped.append(Skipped(str(rec.path), reason or "cannot read audio"))
         else:

@@ -27,7 +27,7 @@ from pathlib import Path
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
 from asrkit.prepare import download as dl
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, measure
+from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, keep_measured
 from asrkit.progress import say
 from asrkit.records import Utterance
 
@@ -58,7 +58,7 @@ def prepare(out_dir: Path, *, subsets: Sequence[str], corpus_dir: Path | None = 
     skipped: list[Skipped] = []
     for subset in subsets:
         subset_dir = locate_subset(subset, out_dir, corpus_dir=corpus_dir, download=download, base_url=base_url)
-        splits[subset] = _read_subset(subset_dir, skipped, workers)
+        splits[subset] = _read_subset(subset_dir, out_dir, skipped, workers)
     return finish(out_dir, splits, skipped)
 
 
@@ -108,7 +108,7 @@ def _extract(tarball: Path, subset: str, work: Path) -> Path:
     return extracted
 
 
-def _read_subset(subset_dir: Path, skipped: list[Skipped], workers: int) -> list[Utterance]:
+def _read_subset(subset_dir: Path, out_dir: Path, skipped: list[Skipped], workers: int) -> list[Utterance]:
     """Utterances of one extracted subset; problems are appended to `skipped`."""
     flacs = sorted(subset_dir.glob("*/*/*.flac"))
     lines = _read_transcripts(subset_dir, skipped)
@@ -126,7 +126,7 @@ def _read_subset(subset_dir: Path, skipped: list[Skipped], workers: int) -> list
     for line in lines.values():
         skipped.append(Skipped(line.where, f"transcript line for {line.utt_id} but no audio file "
                                            f"{line.utt_id}.flac in its chapter folder"))
-    return _measure_pairs(paired, skipped, workers)
+    return _measure_pairs(paired, out_dir, skipped, workers)
 
 
 def _read_transcripts(subset_dir: Path, skipped: list[Skipped]) -> dict[str, _Line]:
@@ -150,16 +150,14 @@ def _read_transcripts(subset_dir: Path, skipped: list[Skipped]) -> dict[str, _Li
     return lines
 
 
-def _measure_pairs(paired: list[tuple[Path, _Line]], skipped: list[Skipped], workers: int) -> list[Utterance]:
-    utts: list[Utterance] = []
-    results = measure([flac for flac, _ in paired], workers)
-    for (flac, line), (duration, reason) in zip(paired, results, strict=True):
+def _measure_pairs(paired: list[tuple[Path, _Line]], out_dir: Path, skipped: list[Skipped],
+                   workers: int) -> list[Utterance]:
+    pending: list[tuple[Path, Utterance]] = []
+    for flac, line in paired:
         text = normalize_text(line.text)
-        if duration is None:
-            skipped.append(Skipped(str(flac), reason or "cannot read audio"))
-        elif not text:
+        if not text:
             skipped.append(Skipped(line.where, f"empty transcript for {line.utt_id}"))
-        else:
-            speaker, chapter = flac.parent.parent.name, flac.parent.name
-            utts.append(Utterance(line.utt_id, str(flac.resolve()), duration, text, speaker, {"chapter": chapter}))
-    return utts
+            continue
+        speaker, chapter = flac.parent.parent.name, flac.parent.name
+        pending.append((flac, Utterance(line.utt_id, str(flac.resolve()), 0.0, text, speaker, {"chapter": chapter})))
+    return keep_measured(pending, skipped, workers, out_dir)

@@ -5,17 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${DEMO_DIR:-exp/demo}
 assets=tests/assets/fsdd
+# Exit code 3: asrkit finished but left some inputs out (named on stderr, listed in skipped.tsv): carry on.
+partial_ok() { "$@" || { rc=$?; [ "$rc" -eq 3 ] || exit "$rc"; echo "demo: some inputs were left out (above)" >&2; }; }
 
 echo "== 1/4 prepare: connected digits from the embedded FSDD recordings"
 if [ ! -f "$out/data/.done" ]; then
-  asrkit prepare fsdd "$assets" "$out/data" --connected --min-digits 1 --max-digits 4 --passes 3
+  partial_ok asrkit prepare fsdd "$assets" "$out/data" --connected --min-digits 1 --max-digits 4 --passes 3
   touch "$out/data/.done"
 fi
 
 echo "== 2/4 train: small DeepSpeech2 (recipes/fsdd/conf/demo.toml)"
 resume=""
 [ -f "$out/exp/last.pt" ] && resume="--resume"
-asrkit train recipes/fsdd/conf/demo.toml --data "$out/data" --exp "$out/exp" $resume
+partial_ok asrkit train recipes/fsdd/conf/demo.toml --data "$out/data" --exp "$out/exp" $resume
 
 echo "== 3/4 transcribe: three test utterances (reference, then asrkit's transcript)"
 mapfile -t lines < <(head -n 3 "$out/data/test.jsonl")

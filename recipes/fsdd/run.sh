@@ -33,11 +33,20 @@ while [ $# -gt 0 ]; do
 done
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
+# ok_or_skipped RC FILE: asrkit exits 3 when it finished but left some inputs out (listed in FILE); 1 is a crash.
+ok_or_skipped() {
+  [ "$1" -eq 0 ] && return 0
+  if [ "$1" -eq 3 ] && [ -s "$2" ]; then echo "run.sh: warning: some inputs were left out, see $2" >&2; return 0; fi
+  exit "$1"
+}
 
 if run_stage 0; then
   if [ -f "$data/.done" ]; then log 0 "skip: $data/.done exists"; else
     log 0 "prepare FSDD connected digits from $fsdd"
-    asrkit prepare fsdd "$fsdd" "$data" --connected --min-digits 1 --max-digits 7 --passes 2 --dev-speakers theo
+    rc=0
+    asrkit prepare fsdd "$fsdd" "$data" --connected --min-digits 1 --max-digits 7 --passes 2 --dev-speakers theo \
+      || rc=$?
+    ok_or_skipped "$rc" "$data/skipped.tsv"
     touch "$data/.done"
   fi
 fi
@@ -47,7 +56,9 @@ if run_stage 1; then
     resume=(); [ -f "$exp/last.pt" ] && resume=(--resume)
     log 1 "train $conf -> $exp ${resume[*]:-}"
     start=$(date +%s)
-    asrkit train "$conf" --data "$data" --exp "$exp" "${sets[@]}" "${resume[@]}"
+    rc=0
+    asrkit train "$conf" --data "$data" --exp "$exp" "${sets[@]}" "${resume[@]}" || rc=$?
+    ok_or_skipped "$rc" "$exp/skipped.tsv"
     echo "train_seconds=$(( $(date +%s) - start ))" >> "$exp/timing.txt"
     touch "$exp/.done"
   fi

@@ -103,10 +103,10 @@ has_option() {
   help=$(asrkit "${@:1:$#-1}" --help 2>/dev/null) || return 1
   [[ $help =~ (^|[^-a-z])$opt([^-a-z]|$) ]]
 }
-# ok_or_skipped RC FILE: asrkit exits 1 when it finished but left some inputs out (listed in FILE).
+# ok_or_skipped RC FILE: asrkit exits 3 when it finished but left some inputs out (listed in FILE); 1 is a crash.
 ok_or_skipped() {
   [ "$1" -eq 0 ] && return 0
-  if [ "$1" -eq 1 ] && [ -s "$2" ]; then echo "run.sh: warning: some inputs were left out, see $2" >&2; return 0; fi
+  if [ "$1" -eq 3 ] && [ -s "$2" ]; then echo "run.sh: warning: some inputs were left out, see $2" >&2; return 0; fi
   exit "$1"
 }
 # is_ctc: the model family of $conf (after the --set overrides) decodes CTC emissions (DeepSpeech2)
@@ -232,6 +232,11 @@ if run_stage 4; then
       rc=0
       asrkit evaluate "$exp" "$data/$s.jsonl" --report "$out.json" --device "$device" "${opts[@]}" > "$out.tmp" || rc=$?
       cat "$out.tmp"
+      if [ "$rc" -eq 3 ]; then  # finished, but some utterances could not be read: the WER is not of the whole split
+        echo "run.sh: some utterances of $data/$s.jsonl could not be read (named above, listed in $out.json);" \
+          "fix or remove them, then rerun stage 4" >&2
+        exit 3
+      fi
       [ "$rc" -eq 0 ] || { echo "run.sh: asrkit evaluate failed (exit $rc)" >&2; exit "$rc"; }
       mv "$out.tmp" "$out.txt"
     done
