@@ -18,6 +18,7 @@ class Utterance:
     text: str  # normalised once, at prepare time
     speaker: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # corpus-specific keys kept
+    offset: float = 0.0  # seconds into the audio file where a segment of a long recording starts
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

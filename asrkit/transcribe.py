@@ -14,18 +14,20 @@ import numpy as np
 import torch
 
 from asrkit.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
-from asrkit.data.audio import audio_info, load_audio
+from asrkit.data.audio import audio_info
 from asrkit.data.loader import Item, collate
 from asrkit.data.manifest import read_manifest
 from asrkit.decoding import DecoderPool, LMDecodeOptions
 from asrkit.errors import AsrkitError, AudioError
+from asrkit.longform import DEFAULT_SEGMENT_SECONDS, check_segment_seconds, load_utterance, regroup, split_long
 from asrkit.metrics import ErrorRate
 from asrkit.progress import say
 from asrkit.records import Batch, Hypothesis, Utterance
 
 T = TypeVar("T")
 DECODE_PARAMS_NAME = "tune.json"  # beside the checkpoint: `asrkit tune` writes it, transcribe / evaluate read it
-CHUNK_UTTERANCES = 2048  # emissions held in memory at once before they are decoded
+CHUNK_UTTERANCES = 2048  # emissions held in memory at once before they are decoded: at most this many utterances
+CHUNK_SECONDS = 1200.0  # ... and this much audio (20 min at 50 frames/s and 30 tokens: 7 MB of float32)
 MIN_UTTERANCES_PER_WORKER = 4  # fewer utterances than this per process: decode in fewer processes
 
 
@@ -71,11 +73,12 @@ def _load_batches(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, de
         items, idx = [], []
         for i in order[start : start + batch_size]:
             try:
-                wave = load_audio(utts[i].audio_filepath, loaded.featurizer.cfg.sample_rate)
+                wave = load_utterance(utts[i], loaded.featurizer.cfg.sample_rate)
             except AudioError as err:
                 if failures is None:
                     raise
-                failures.append(Failure(err.path, err.reason))
+                if not any(f.path == err.path for f in failures):  # a long file fails once, not per segment
+                    failures.append(Failure(err.path, err.reason))
                 yield [i], None
                 continue
             items.append(Item(utts[i].id, loaded.featurizer(wave), torch.zeros(0, dtype=torch.long), utts[i].text))
@@ -124,16 +127,38 @@ def compute_emissions(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: 
 
 def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int = 16,
                  device: torch.device | None = None, failures: list[Failure] | None = None,
-                 decode: LMDecodeOptions | None = None,
-                 workers: int = 0) -> Iterator[tuple[Utterance, list[Hypothesis]]]:
+                 decode: LMDecodeOptions | None = None, workers: int = 0,
+                 segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> Iterator[tuple[Utterance, list[Hypothesis]]]:
     """N-best lists (best first) of every utterance, in input order; an unreadable file gets [Hypothesis("")]
     and is recorded in `failures` (when given, else raised). `decode` None: the model's own (greedy) decoding;
-    else CTC beam search over batched emissions, decoded by `workers` processes (0: one per CPU core)."""
+    else CTC beam search over batched emissions, decoded by `workers` processes (0: one per CPU core).
+    Inputs longer than `segment_seconds` are cut at pauses, decoded piece by piece and stitched into one
+    hypothesis (asrkit.longform; memory stays bounded); 0 decodes every input whole."""
+    check_segment_seconds(segment_seconds)
+    unreadable: list[AudioError] = []
+    rows = split_long(utts, segment_seconds, None if failures is None else unreadable)
+    if failures is not None:
+        failures.extend(Failure(err.path, err.reason) for err in unreadable)
+    pieces = [u for _, u in rows]
+    results = _decode_pieces(loaded, pieces, batch_size, device, failures, decode, workers)
+    done = regroup(utts, rows, zip(pieces, results, strict=True))
+    ready = next(done, None)
+    for utt in utts:  # an unreadable long file has no rows: it gets an empty hypothesis in its place
+        if ready is not None and ready[0] is utt:
+            yield ready
+            ready = next(done, None)
+        else:
+            yield utt, [Hypothesis("")]
+
+
+def _decode_pieces(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device | None,
+                   failures: list[Failure] | None, decode: LMDecodeOptions | None,
+                   workers: int) -> Iterator[list[Hypothesis]]:
+    """decode_nbest without the cutting of long inputs: one n-best list per utterance, in input order."""
     if decode is None:
-        yield from ((u, [h]) for u, h in _decode_greedy(loaded, utts, batch_size, device, failures))
+        yield from ([h] for _, h in _decode_greedy(loaded, utts, batch_size, device, failures))
         return
-    for start in range(0, len(utts), CHUNK_UTTERANCES):
-        chunk = utts[start : start + CHUNK_UTTERANCES]
+    for chunk in _chunks(utts):
         rows = list(compute_emissions(loaded, chunk, batch_size=batch_size, device=device, failures=failures))
         with DecoderPool(loaded.tokenizer.vocab, decode, decode_workers(workers, len(rows))) as pool:
             nbests = iter(pool.decode([lp for _, lp, _ in rows], rows[0][2] if rows else 0.0))
@@ -141,10 +166,23 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
             row = next(done, None)
             for utt in chunk:  # rows are the readable utterances of the chunk, in the same order
                 if row is not None and row[0] is utt:
-                    yield utt, next(nbests)
+                    yield next(nbests)
                     row = next(done, None)
                 else:
-                    yield utt, [Hypothesis("")]
+                    yield [Hypothesis("")]
+
+
+def _chunks(utts: Sequence[Utterance]) -> Iterator[Sequence[Utterance]]:
+    """Consecutive runs of at most CHUNK_UTTERANCES utterances and CHUNK_SECONDS of audio (at least one each):
+    the emissions of one run are held in memory while it is decoded."""
+    start, seconds = 0, 0.0
+    for i, utt in enumerate(utts):
+        if i > start and (i - start >= CHUNK_UTTERANCES or seconds + utt.duration > CHUNK_SECONDS):
+            yield utts[start:i]
+            start, seconds = i, 0.0
+        seconds += utt.duration
+    if start < len(utts):
+        yield utts[start:]
 
 
 def decode_workers(workers: int, n_utterances: int) -> int:
@@ -172,12 +210,12 @@ def _decode_greedy(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, d
 
 def decode_utterances(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int = 16,
                       device: torch.device | None = None, failures: list[Failure] | None = None,
-                      decode: LMDecodeOptions | None = None,
-                      workers: int = 0) -> Iterator[tuple[Utterance, Hypothesis]]:
+                      decode: LMDecodeOptions | None = None, workers: int = 0,
+                      segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> Iterator[tuple[Utterance, Hypothesis]]:
     """Decode in batches of similar duration; yields the best hypothesis in input order. An unreadable file is
     recorded in `failures` (when given, else raised) and the rest go on."""
     for utt, hyps in decode_nbest(loaded, utts, batch_size=batch_size, device=device, failures=failures,
-                                  decode=decode, workers=workers):
+                                  decode=decode, workers=workers, segment_seconds=segment_seconds):
         yield utt, hyps[0]
 
 
@@ -205,24 +243,27 @@ def files_to_utterances(paths: Sequence[str | Path]) -> tuple[list[Utterance], l
 
 
 def transcribe_nbest(model: str | Path, audio: Sequence[str | Path], *, device: str = "auto",
-                     batch_size: int = 16, decode: LMDecodeOptions | None = None,
-                     workers: int = 0) -> tuple[list[tuple[str, list[Hypothesis]]], list[Failure]]:
+                     batch_size: int = 16, decode: LMDecodeOptions | None = None, workers: int = 0,
+                     segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
+                     ) -> tuple[list[tuple[str, list[Hypothesis]]], list[Failure]]:
     """Transcribe audio files: [(path, n-best hypotheses, best first)] in input order, and the files that failed.
-    `decode` None: greedy; else beam search (with an LM when decode.lm is set)."""
+    `decode` None: greedy; else beam search (with an LM when decode.lm is set). Files longer than
+    `segment_seconds` are cut at pauses and stitched (one hypothesis, timings from the file's start)."""
     loaded = load_checkpoint(model, pick_device(device))
     utts, failures = files_to_utterances(audio)
     results = [(u.audio_filepath, h) for u, h in decode_nbest(loaded, utts, batch_size=batch_size,
-                                                               failures=failures, decode=decode, workers=workers)]
+                                                               failures=failures, decode=decode, workers=workers,
+                                                               segment_seconds=segment_seconds)]
     failed = {f.path for f in failures}
     return [(p, h) for p, h in results if p not in failed], failures
 
 
 def transcribe(model: str | Path, audio: Sequence[str | Path], *, device: str = "auto", batch_size: int = 16,
-               decode: LMDecodeOptions | None = None,
-               workers: int = 0) -> tuple[list[tuple[str, Hypothesis]], list[Failure]]:
+               decode: LMDecodeOptions | None = None, workers: int = 0,
+               segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> tuple[list[tuple[str, Hypothesis]], list[Failure]]:
     """Transcribe audio files. Returns [(path, best hypothesis)] in input order and the files that failed."""
     results, failures = transcribe_nbest(model, audio, device=device, batch_size=batch_size, decode=decode,
-                                         workers=workers)
+                                         workers=workers, segment_seconds=segment_seconds)
     return [(p, hyps[0]) for p, hyps in results], failures
 
 
@@ -238,13 +279,13 @@ def hypothesis_json(path: str, hyp: Hypothesis, alternatives: Sequence[Hypothesi
 
 def evaluate(model: str | Path, manifest: str | Path, *, report: str | Path | None = None,
              device: str = "auto", batch_size: int = 16, decode: LMDecodeOptions | None = None,
-             workers: int = 0) -> EvalResult:
+             workers: int = 0, segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> EvalResult:
     """Decode a manifest and score it; writes a JSON report (overall + per utterance) when asked."""
     loaded = load_checkpoint(model, pick_device(device))
     utts = read_manifest(manifest)
     failures: list[Failure] = []
     pairs = list(decode_utterances(loaded, utts, batch_size=batch_size, failures=failures, decode=decode,
-                                   workers=workers))
+                                   workers=workers, segment_seconds=segment_seconds))
     failed = {f.path for f in failures}
     result = score([(u, h) for u, h in pairs if u.audio_filepath not in failed])
     result.failures = failures
