@@ -1,9 +1,14 @@
-"""CTC decoding: greedy (best path) and beam search with an n-gram LM (pyctcdecode + KenLM), with word
-timings. Emissions come with blank = 0."""
+"""CTC decoding: greedy (best path) and beam search with a KenLM word n-gram, with word timings and n-best
+lists, in this process or a pool of them. Emissions come with blank = 0.
+
+The beam search has three backends, the same objective (alpha = LM weight, beta = word bonus):
+    flashlight   flashlight-text's lexicon search in C++ (asrkit.lexicon_search); the default when installed
+    asrkit       asrkit's prefix search in Python (asrkit.beam_search): open vocabulary, hotwords, word pieces
+    pyctcdecode  pyctcdecode's prefix search (the reference the others are measured against)
+"""
 
 from __future__ import annotations
 
-import heapq
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -12,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from asrkit.beam_search import WORD_START, PrefixBeamSearch
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.errors import AsrkitError
+from asrkit.progress import say
 from asrkit.records import Emissions, Hypothesis, WordTiming
 
-WORD_START = "\u2581"  # sentencepiece's word-boundary marker
-BACKENDS = ("asrkit", "pyctcdecode")
-AVG_WORD_LEN = 6  # pyctcdecode's: a partial unknown word longer than this is penalised in proportion
-LOOKAHEAD_MARGIN = 0.5  # nats of slack in the look-ahead pruning of expansions (bench/ctc_decode.py)
+BACKENDS = ("flashlight", "asrkit", "pyctcdecode")
 
 
 def ctc_greedy(emissions: Emissions, tokenizer: Tokenizer) -> list[Hypothesis]:
@@ -72,22 +76,23 @@ def word_timings(tokens: Sequence[int], frames: Sequence[int], vocab: Sequence[s
 
 @dataclass(frozen=True)
 class LMDecodeOptions:
-    """CTC beam-search settings. The defaults are the fast ones measured in bench/ctc_decode.py."""
+    """CTC beam-search settings. The defaults are the fast ones measured in bench/ctc_decode.py. [a]: used by the
+    asrkit (and pyctcdecode) backend only; the flashlight backend falls back to asrkit for hotwords and n-best."""
 
-    lm: str = ""  # KenLM model (.bin or .arpa, from `asrkit lm build`); empty: beam search without an LM
-    alpha: float = 0.5  # LM weight
+    lm: str = ""  # KenLM model (.bin, .arpa or .arpa.gz, e.g. from `asrkit lm build`); empty: no LM (asrkit backend)
+    alpha: float = 0.5  # LM weight (on the natural log of the LM probability)
     beta: float = 1.0  # word insertion bonus (per word)
     beam_size: int = 32  # beams kept after each frame
     beam_prune_logp: float = -8.0  # drop beams this far (natural log) below the best one
-    token_min_logp: float = -5.0  # tokens below this log-prob in a frame are not expanded (unless the argmax)
+    token_min_logp: float = -5.0  # tokens below this in a frame are not expanded (flashlight: blank runs cut only)
     token_top_k: int = 0  # expand at most this many of a frame's most likely tokens (0: no limit)
-    lm_lookahead: bool = True  # score a word being spelt by its likeliest completion's unigram (asrkit backend)
-    prune_history: bool = False  # keep one of beams whose last (order - 1) words agree (off when nbest > 1)
-    hotwords: tuple[str, ...] = ()  # words or phrases to boost
-    hotword_weight: float = 10.0  # score added per hotword match
+    lm_lookahead: bool = True  # score a word being spelt by its likeliest completion's unigram (flashlight: always)
+    prune_history: bool = False  # keep one of beams whose last (order - 1) words agree (off when nbest > 1) [a]
+    hotwords: tuple[str, ...] = ()  # words or phrases to boost [a]
+    hotword_weight: float = 10.0  # score added per hotword match [a]
     nbest: int = 1  # hypotheses returned per utterance
-    unk_score_offset: float = -10.0  # log10 score added for a word the LM does not know
-    backend: str = "asrkit"  # asrkit: asrkit's prefix search | pyctcdecode: pyctcdecode's (same scoring, slower)
+    unk_score_offset: float = -10.0  # log10 score added for a word the LM does not know (flashlight: none spelt) [a]
+    backend: str = "flashlight"  # flashlight (C++, falls back to asrkit where it cannot) | asrkit | pyctcdecode
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -135,17 +140,6 @@ def ctc_labels(vocab: Sequence[str]) -> list[str]:
     return ["", *vocab[1:]]
 
 
-def candidate_tokens(log_probs: np.ndarray, min_logp: float, top_k: int = 0) -> np.ndarray:
-    """(T, V) bool: the tokens worth expanding per frame: those above `min_logp`, at most the `top_k` most
-    likely (0: no limit; DeepSpeech's cutoff_top_n), and always the argmax."""
-    mask = log_probs >= min_logp
-    if 0 < top_k < log_probs.shape[1]:
-        below = np.argpartition(-log_probs, top_k, axis=1)[:, top_k:]  # all but the k most likely
-        np.put_along_axis(mask, below, False, axis=1)
-    mask[np.arange(len(log_probs)), log_probs.argmax(axis=1)] = True
-    return mask
-
-
 def collapse_blank_frames(log_probs: np.ndarray, token_min_logp: float) -> tuple[np.ndarray, np.ndarray, float]:
     """Drop the frames that cannot change any beam: a frame where only the blank passes `token_min_logp`
     (and is the argmax) right after another such frame adds the same score to every beam and resets
@@ -158,267 +152,12 @@ def collapse_blank_frames(log_probs: np.ndarray, token_min_logp: float) -> tuple
     return log_probs[keep], keep, float(log_probs[drop, 0].sum())
 
 
-NEG_INF = float("-inf")
-LOG10 = math.log(10.0)  # KenLM scores are log10
-
-
-def _logaddexp(a: float, b: float) -> float:
-    if a < b:
-        a, b = b, a
-    if b == NEG_INF:
-        return a
-    return a + math.log1p(math.exp(b - a))
-
-
-def token_kinds(vocab: Sequence[str]) -> list[tuple[bool, str]]:
-    """(starts a word, characters it adds) of every token: the char tokenizer's " " starts a word and adds
-    nothing; a sentencepiece "▁the" starts a word and adds "the"; special pieces (<unk>) add nothing."""
-    kinds = [(False, "")]
-    for piece in vocab[1:]:
-        if piece == " ":
-            kinds.append((True, ""))
-        elif piece.startswith(WORD_START):
-            kinds.append((True, piece[1:]))
-        elif len(piece) > 2 and piece[0] == "<" and piece[-1] == ">":
-            kinds.append((False, ""))
-        else:
-            kinds.append((False, piece))
-    return kinds
-
-
-class Hotwords:
-    """pyctcdecode's hotword scoring: `weight` for every word of the text that is a word of a hotword phrase,
-    and weight * len(partial) / len(shortest hotword it starts) for a partial word."""
-
-    def __init__(self, phrases: Sequence[str], weight: float) -> None:
-        self.words = sorted({w for p in phrases for w in p.split()})
-        self._set = frozenset(self.words)
-        self.weight = weight
-
-    def word(self, word: str) -> float:
-        return self.weight if word in self._set else 0.0
-
-    def partial(self, partial: str) -> float | None:
-        """Score of a partial word that starts a hotword, else None."""
-        lengths = [len(w) for w in self.words if w.startswith(partial)]
-        return self.weight * len(partial) / min(lengths) if lengths else None
-
-
-# A beam: [log p of its paths ending in blank, ... ending in its last token, LM + hotword score of its words,
-#          completed words' (start, end) frames, start and end frame of the word being spelt,
-#          log p of the path these timings come from]
-Beam = list[Any]
-Key = tuple[str, str, int]  # (completed words, partial word, last token)
-
-
-class PrefixBeamSearch:
-    """asrkit's CTC prefix beam search with word-level n-gram fusion (the DeepSpeech objective).
-
-    A beam is a prefix keyed by (completed words, partial word, last token), holding the log-probabilities of
-    its paths ending in blank and in its last token, so both kinds share one slot of the beam. A word is scored
-    by the LM when it is completed (the next word-start token, or the end); a word being spelt is scored by
-    the unigram of its likeliest known completion (LM look-ahead), or gets the unknown-word offset when no
-    known word starts with it. LM scores are cached per text, partial-word scores across utterances.
-
-    Pruning, per frame: only tokens above `token_min_logp` are expanded (a blank-only frame just shifts every
-    beam; runs of them were collapsed before); an expansion whose estimate cannot reach the beam is not
-    built (look-ahead pruning); beams more than `beam_prune_logp` below the best are dropped, then the best
-    `beam_size` are kept. pyctcdecode's scoring otherwise, in a faster loop."""
-
-    def __init__(self, vocab: Sequence[str], options: LMDecodeOptions, lm: Any = None) -> None:
-        self.options = options
-        self.lm = lm
-        self.kinds = token_kinds(vocab)
-        self.hotwords = Hotwords(options.hotwords, options.hotword_weight) if options.hotwords else None
-        self._partials: dict[str, float] = {}
-
-    def set_options(self, options: LMDecodeOptions) -> None:
-        self.options = options
-        self._partials = {}  # they scale with alpha
-
-    def search(self, log_probs: np.ndarray) -> list[tuple[str, float, tuple[tuple[int, int], ...]]]:
-        """(T, V) log-probs -> [(text, score, (start, end) frames of each word)], best first."""
-        opts, kinds = self.options, self.kinds
-        texts: dict[str, tuple[float, Any]] = {"": (0.0, self.lm.start() if self.lm is not None else None)}
-        partials = self._partials
-        if len(partials) > 500_000:
-            partials.clear()
-        beams: dict[Key, Beam] = {("", "", -1): [0.0, NEG_INF, 0.0, (), -1, -1, 0.0]}
-        bonus = max(opts.beta, 0.0) + (opts.hotword_weight if self.hotwords is not None else 0.0)
-        prune_below = opts.beam_prune_logp - bonus
-        margin = bonus + LOOKAHEAD_MARGIN
-        mask = candidate_tokens(log_probs, opts.token_min_logp, opts.token_top_k)
-        counts = mask.sum(axis=1).tolist()
-        toks = np.nonzero(mask)[1].tolist()
-        logps = log_probs[mask].tolist()
-        pos = 0
-        for t, n in enumerate(counts):
-            if n == 1 and toks[pos] == 0:  # only the blank: every beam ends in blank, the ranking stays
-                p = logps[pos]
-                pos += 1
-                for b in beams.values():
-                    b[0] = _logaddexp(b[0], b[1]) + p
-                    b[1] = NEG_INF
-                    b[6] = b[0]
-                continue
-            cands = sorted(zip(logps[pos : pos + n], toks[pos : pos + n], strict=True), reverse=True)
-            pos += n
-            new: dict[Key, Beam] = {}
-            totals = [(b[0] if b[1] == NEG_INF else _logaddexp(b[0], b[1])) for b in beams.values()]
-            floor = self._floor(totals, [b[2] for b in beams.values()], cands, prune_below, margin)
-            for (key, b), total in zip(beams.items(), totals, strict=True):
-                pb, pnb = b[0], b[1]
-                text, wp, last = key
-                reach = floor - total - b[2]
-                for p, tok in cands:
-                    if p < reach:
-                        break
-                    if tok == 0:  # blank: same prefix, now ending in blank
-                        v = total + p
-                        e = new.get(key)
-                        if e is None:
-                            new[key] = [v, NEG_INF, b[2], b[3], b[4], b[5], v]
-                        else:
-                            e[0] = _logaddexp(e[0], v)
-                            if v > e[6]:
-                                e[3], e[4], e[5], e[6] = b[3], b[4], b[5], v
-                        continue
-                    if tok == last:  # a repeat collapses onto the same prefix...
-                        if pnb > NEG_INF:
-                            v = pnb + p
-                            pe = t + 1 if b[4] >= 0 else b[5]
-                            e = new.get(key)
-                            if e is None:
-                                new[key] = [NEG_INF, v, b[2], b[3], b[4], pe, v]
-                            else:
-                                e[1] = _logaddexp(e[1], v)
-                                if v > e[6]:
-                                    e[3], e[4], e[5], e[6] = b[3], b[4], pe, v
-                        if pb == NEG_INF:
-                            continue
-                        v = pb + p  # ...unless a blank separates them
-                    else:
-                        v = total + p
-                    starts, chars = kinds[tok]
-                    words, ps, pe = b[3], b[4], b[5]
-                    if starts:
-                        if wp:
-                            text2 = f"{text} {wp}" if text else wp
-                            words = (*words, (ps, pe))
-                        else:
-                            text2 = text
-                        wp2 = chars
-                        ps, pe = (t, t + 1) if chars else (-1, -1)
-                    else:
-                        text2, wp2 = text, wp + chars
-                        if chars:
-                            ps, pe = (t if ps < 0 else ps), t + 1
-                    key2 = (text2, wp2, tok)
-                    e = new.get(key2)
-                    if e is not None:
-                        e[1] = _logaddexp(e[1], v)
-                        if v > e[6]:
-                            e[3], e[4], e[5], e[6] = words, ps, pe, v
-                        continue
-                    if text2 is text and wp2 is wp:
-                        lm_score = b[2]
-                    else:
-                        ts = texts.get(text2)
-                        lm_score = (ts or self._score_text(text2, texts))[0]
-                        if wp2:
-                            pscore = partials.get(wp2)
-                            if pscore is None:
-                                pscore = partials[wp2] = self._score_partial(wp2)
-                            lm_score += pscore
-                    new[key2] = [NEG_INF, v, lm_score, words, ps, pe, v]
-            beams = self._prune(new)
-        return self._finish(beams, texts)
-
-    def _floor(self, totals: list[float], lm_scores: list[float], cands: list[tuple[float, int]],
-               prune_below: float, margin: float) -> float:
-        """Look-ahead pruning: the score under which an expansion is not worth building. Its estimate (beam +
-        token, before the LM sees a new word) must reach the `beam_size`-th best estimate and lie within the
-        beam's width of the best one, less `margin` for what a word's bonus or a merge could add."""
-        est = np.add.outer(np.add(totals, lm_scores), [p for p, _ in cands])
-        floor = float(est.max()) + prune_below
-        k = self.options.beam_size
-        if est.size > k:
-            floor = max(floor, float(np.partition(est, est.size - k, axis=None)[est.size - k]) - margin)
-        return floor
-
-    def _prune(self, new: dict[Key, Beam]) -> dict[Key, Beam]:
-        scored = [(_logaddexp(e[0], e[1]) + e[2], key) for key, e in new.items()]
-        cutoff = max(scored)[0] + self.options.beam_prune_logp
-        kept = [sk for sk in scored if sk[0] >= cutoff]
-        if len(kept) > self.options.beam_size:
-            kept = heapq.nlargest(self.options.beam_size, kept)
-        if self.options.prune_history and self.options.nbest == 1 and self.lm is not None and len(kept) > 1:
-            kept = self._prune_history(sorted(kept, reverse=True))
-        return {key: new[key] for _, key in kept}
-
-    def _prune_history(self, kept: list[tuple[float, Key]]) -> list[tuple[float, Key]]:
-        """Keep the best of beams whose last (order - 1) words, partial word and last token agree: the LM
-        cannot tell them apart any more (pyctcdecode's prune_history)."""
-        n = max(1, self.lm.order - 1)
-        seen, out = set(), []
-        for s, key in kept:
-            h = (tuple(key[0].rsplit(" ", n)[-n:]), key[1], key[2])
-            if h not in seen:
-                seen.add(h)
-                out.append((s, key))
-        return out
-
-    def _score_text(self, text: str, texts: dict[str, tuple[float, Any]]) -> tuple[float, Any]:
-        """LM (alpha * ln p + beta per word) and hotword score of completed words, from the text's parent."""
-        parent, _, word = text.rpartition(" ")
-        score, state = texts.get(parent) or self._score_text(parent, texts)
-        if self.lm is not None:
-            logp, state = self.lm.score(state, word)
-            score += self.options.alpha * LOG10 * logp + self.options.beta
-        if self.hotwords is not None:
-            score += self.hotwords.word(word)
-        texts[text] = (score, state)
-        return texts[text]
-
-    def _score_partial(self, partial: str) -> float:
-        if self.hotwords is not None:
-            hot = self.hotwords.partial(partial)
-            if hot is not None:
-                return hot
-        if self.lm is None:
-            return 0.0
-        best = self.lm.lookahead(partial)
-        if best is not None:
-            return self.options.alpha * LOG10 * best if self.options.lm_lookahead else 0.0
-        offset = self.options.alpha * LOG10 * self.lm.unk_offset
-        return offset * max(1.0, len(partial) / AVG_WORD_LEN)
-
-    def _finish(self, beams: dict[Key, Beam],
-                texts: dict[str, tuple[float, Any]]) -> list[tuple[str, float, tuple[tuple[int, int], ...]]]:
-        """Complete the partial words, add the end of sentence, merge equal texts, best first."""
-        finals: dict[str, tuple[float, float, tuple[tuple[int, int], ...]]] = {}
-        for (text, wp, _), b in beams.items():
-            words = b[3]
-            if wp:
-                text = f"{text} {wp}" if text else wp
-                words = (*words, (b[4], b[5]))
-            score, state = texts.get(text) or self._score_text(text, texts)
-            if self.lm is not None:
-                score += self.options.alpha * LOG10 * self.lm.end(state)
-            path = _logaddexp(b[0], b[1])
-            old = finals.get(text)
-            if old is None:
-                finals[text] = (path + score, path, words)
-            else:
-                finals[text] = (_logaddexp(old[0], path + score), max(old[1], path),
-                                words if path > old[1] else old[2])
-        ranked = sorted(finals.items(), key=lambda kv: -kv[1][0])
-        return [(text, s, words) for text, (s, _, words) in ranked]
-
 
 class CTCBeamDecoder:
-    """Beam search with a KenLM model and its unigrams on numpy (T, V) log-probs: asrkit's prefix search
-    (backend "asrkit", the default) or pyctcdecode's ("pyctcdecode"), same scoring.
+    """Beam search with a KenLM model on numpy (T, V) log-probs, by the backend the options ask for: flashlight
+    where it can serve the request, else asrkit's prefix search (with a one-line notice saying why). A
+    hypothesis' score is its acoustic log-prob (flashlight: of its best path; the prefix searches: summed over
+    its paths) + alpha * ln p_LM + beta * words.
 
     Build once (the LM is loaded once and cached per process), decode many; `set_weights` changes alpha and
     beta without reloading (tuning)."""
@@ -426,13 +165,19 @@ class CTCBeamDecoder:
     def __init__(self, vocab: Sequence[str], options: LMDecodeOptions) -> None:
         from asrkit import lm as lmlib
 
-        self.options = options
         self.vocab = list(vocab)
+        self.backend = resolve_backend(self.vocab, options)
+        self.options = options
         self._encode: dict[str, int] = {p: i for i, p in enumerate(self.vocab) if i}
         self._hotwords = [h.strip() for h in options.hotwords if h.strip()]
-        self._search: PrefixBeamSearch | None = None
+        self._search: Any = None
         self._decoder: Any = None
-        if options.backend == "asrkit":
+        if self.backend == "flashlight":
+            from asrkit.lexicon_search import LexiconSearch
+
+            self._search = LexiconSearch(self.vocab, options)
+            return
+        if self.backend == "asrkit":
             word_lm = lmlib.WordLM(options.lm, self.vocab, options.unk_score_offset) if options.lm else None
             self._search = PrefixBeamSearch(self.vocab, options, word_lm)
             return
@@ -484,6 +229,30 @@ class CTCBeamDecoder:
         """Token ids of the text for a character vocabulary; () where the text is not spelled by single tokens."""
         ids = [self._encode.get(c) for c in text]
         return () if None in ids else tuple(i for i in ids if i is not None)
+
+
+_NOTICES: set[str] = set()  # fallback notices already printed by this process
+
+
+def resolve_backend(vocab: Sequence[str], options: LMDecodeOptions) -> str:
+    """The backend that decodes: the one asked for, except flashlight where it is not installed or cannot serve
+    the request (hotwords, n-best lists, no LM, word pieces): asrkit's, with a notice once per process."""
+    if options.backend != "flashlight":
+        return options.backend
+    from asrkit import lm as lmlib
+    from asrkit.lexicon_search import unsupported
+
+    reason = unsupported(vocab, options)
+    if not reason and not lmlib.flashlight_available():
+        reason = f"flashlight-text is not installed ({lmlib.LM_EXTRA_HINT})"
+    if not reason:
+        return "flashlight"
+    notice = "note: beam search with the asrkit backend: " + (
+        reason if "installed" in reason else f"the flashlight backend does not do {reason}")
+    if notice not in _NOTICES:
+        _NOTICES.add(notice)
+        say(notice)
+    return "asrkit"
 
 
 def ctc_beam_search(emissions: Emissions, tokenizer: Tokenizer, options: LMDecodeOptions,

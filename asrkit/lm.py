@@ -1,39 +1,27 @@
-"""Word n-gram language models: build with KenLM's `lmplz` / `build_binary`, load for CTC beam search.
+"""Word n-gram language models for CTC beam search: find an LM file and its words, check them against the
+tokenizer, load it (KenLM, flashlight-text's KenLM), score words. Building one: asrkit.lm_build.
 
-The text of an LM goes through `normalize_text`, the function that normalised the transcripts, so the LM's
-words are spelled like the model's output. `kenlm` and `pyctcdecode` (the `lm` extra) are imported here
-and nowhere else, lazily, with an install hint.
-
-Files of an LM built to `OUT` (a stem; a trailing .arpa / .bin is dropped):
-    OUT.arpa           the ARPA text model (lmplz)
-    OUT.bin            the KenLM binary (build_binary): what `--lm` should point at, it loads fastest
-    OUT.unigrams.txt   its words, one a line: pyctcdecode's list of known words
+`kenlm`, `pyctcdecode` and `flashlight-text` (the `lm` extra) are imported here and nowhere else, lazily,
+with an install hint. An LM's words are those of its ARPA's 1-grams, or for a binary of STEM.unigrams.txt
+(or STEM.arpa) beside it.
 """
 
 from __future__ import annotations
 
 import bisect
-import gzip
-import json
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
 
-LM_EXTRA_HINT = "install the LM extra: pip install 'asrkit[lm]' (kenlm and pyctcdecode)"
-KENLM_TOOLS_HINT = "run `make kenlm` (builds lmplz and build_binary into tools/kenlm/bin)"
-TOOL_DIR = Path(__file__).resolve().parent.parent / "tools" / "kenlm" / "bin"  # where `make kenlm` puts them
+LM_EXTRA_HINT = "install the LM extra: pip install 'asrkit[lm]' (kenlm, pyctcdecode, flashlight-text)"
 SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
 MAX_BAD_WORD_FRACTION = 0.1  # an LM with more words the tokenizer cannot spell is refused
 
@@ -62,69 +50,24 @@ def require_pyctcdecode() -> ModuleType:
     return pyctcdecode
 
 
-# ---------------------------------------------------------------------------------------------- building
+def flashlight_available() -> bool:
+    from importlib.util import find_spec
 
-
-def find_tool(name: str) -> Path:
-    """A KenLM program (lmplz, build_binary) on PATH, else in the project's tools/kenlm/bin."""
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    local = TOOL_DIR / name
-    if local.is_file() and os.access(local, os.X_OK):
-        return local
-    raise AsrkitError(f"KenLM's {name} was not found on PATH nor in {TOOL_DIR}; {KENLM_TOOLS_HINT}, "
-                      f"or put a KenLM build's bin/ folder on PATH")
-
-
-def read_lm_text(paths: Sequence[str | Path]) -> Iterator[str]:
-    """Normalised sentences of text files (plain or .gz, one sentence a line) or JSONL manifests (their
-    `text` fields). Empty lines are skipped."""
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise AsrkitError(f"LM text {path} not found; pass text files (.txt, .gz) or JSONL manifests")
-        is_manifest = path.name.endswith((".jsonl", ".jsonl.gz", ".json"))
-        opener: Any = gzip.open if path.suffix == ".gz" else open
-        try:
-            with opener(path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if is_manifest:
-                        line = _manifest_text(line, f"{path}:{lineno}")
-                    text = normalize_text(line)
-                    if text:
-                        yield text
-        except (OSError, EOFError, UnicodeDecodeError) as err:
-            raise AsrkitError(f"{path}: cannot read it as UTF-8 text{' (gzip)' if opener is gzip.open else ''}: "
-                              f"{err}") from None
-
-
-def _manifest_text(line: str, where: str) -> str:
-    if not line.strip():
-        return ""
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise AsrkitError(f"{where}: not valid JSON ({err.msg}); a manifest has one JSON object a line") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise AsrkitError(f"{where}: no \"text\" string; LM text from a manifest is read from its text fields")
-    return str(obj["text"])
+        return find_spec("flashlight.lib.text") is not None
+    except ImportError:
+        return False
 
 
-@dataclass(frozen=True)
-class BuiltLM:
-    arpa: Path
-    binary: Path
-    unigrams: Path
-    order: int
-    sentences: int
-    words: int  # running words of training text
-    vocabulary: int  # distinct words
-
-    def summary(self) -> str:
-        return (f"{self.order}-gram LM from {self.sentences} sentences ({self.words} words, vocabulary "
-                f"{self.vocabulary}) -> {self.binary} (+ {self.arpa.name}, {self.unigrams.name}); "
-                f"decode with --lm {self.binary}")
+def require_flashlight() -> SimpleNamespace:
+    """flashlight-text's decoder and dictionary classes (the compiled lexicon beam search)."""
+    try:
+        from flashlight.lib.text import decoder, dictionary
+    except ImportError:
+        raise AsrkitError(f"the flashlight backend needs the flashlight-text module; {LM_EXTRA_HINT}") from None
+    return SimpleNamespace(Dictionary=dictionary.Dictionary, Trie=decoder.Trie, SmearingMode=decoder.SmearingMode,
+                           LexiconDecoder=decoder.LexiconDecoder, LexiconDecoderOptions=decoder.LexiconDecoderOptions,
+                           CriterionType=decoder.CriterionType)
 
 
 def lm_stem(out: str | Path) -> Path:
@@ -132,72 +75,27 @@ def lm_stem(out: str | Path) -> Path:
     return out.with_suffix("") if out.suffix in (".arpa", ".bin") else out
 
 
-def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, prune: Sequence[int] = (),
-             memory: str = "20%", discount_fallback: bool = True) -> BuiltLM:
-    """Train a word n-gram with lmplz on normalised text, write OUT.arpa, OUT.bin and OUT.unigrams.txt.
-
-    `prune` are lmplz's --prune counts per order (e.g. 0 1 1: drop singleton 2- and 3-grams).
-    `discount_fallback` lets lmplz estimate small or artificial corpora (such as digit strings) whose
-    count-of-counts break Kneser-Ney's discounts."""
-    if order < 2:
-        raise AsrkitError(f"--order {order} must be at least 2 (KenLM's minimum; 3 to 5 is usual for words)")
-    if len(prune) > order:
-        raise AsrkitError(f"--prune has {len(prune)} thresholds but the LM has order {order}; give at most one "
-                          "per order, e.g. --prune 0,1,1")
-    if any(p < 0 for p in prune) or list(prune) != sorted(prune):
-        raise AsrkitError(f"--prune {','.join(map(str, prune))}: thresholds must be >= 0 and non-decreasing")
-    lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
-    stem = lm_stem(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    arpa, binary, unigram_path = Path(f"{stem}.arpa"), Path(f"{stem}.bin"), Path(f"{stem}.unigrams.txt")
-    vocab: set[str] = set()
-    sentences = words = 0
-    with tempfile.TemporaryDirectory(prefix="asrkit-lm-", dir=stem.parent) as tmp:
-        corpus = Path(tmp) / "corpus.txt"
-        with corpus.open("w", encoding="utf-8") as f:
-            for sentence in read_lm_text(texts):
-                tokens = sentence.split()
-                vocab.update(tokens)
-                sentences += 1
-                words += len(tokens)
-                f.write(sentence + "\n")
-        if not sentences:
-            raise AsrkitError(f"no text in {', '.join(map(str, texts))} after normalisation; nothing to train on")
-        cmd = [str(lmplz), "-o", str(order), "-S", memory, "-T", tmp, "--text", str(corpus),
-               "--arpa", str(arpa) + ".tmp"]
-        if prune:
-            cmd += ["--prune", *map(str, prune)]
-        if discount_fallback:
-            cmd.append("--discount_fallback")
-        _run(cmd, "lmplz")
-        os.replace(str(arpa) + ".tmp", arpa)
-    _run([str(build_binary), "-s", str(arpa), str(binary) + ".tmp"], "build_binary")
-    os.replace(str(binary) + ".tmp", binary)
-    unigram_path.write_text("".join(w + "\n" for w in sorted(vocab)), encoding="utf-8")
-    return BuiltLM(arpa, binary, unigram_path, order, sentences, words, len(vocab))
-
-
-def _run(cmd: list[str], name: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-4:])
-        raise AsrkitError(f"{name} failed (exit {proc.returncode}): {tail[:600]}; command: {' '.join(cmd)}")
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
 def resolve_lm(path: str | Path) -> Path:
-    """An LM file (.bin or .arpa), or the stem `asrkit lm build --out` was given."""
+    """An LM file (.bin, .arpa, or a gzipped .arpa.gz, converted once to a binary: asrkit.lm_build), or
+    the stem `asrkit lm build --out` was given."""
     path = Path(path)
-    if path.is_file():
-        return path
-    for suffix in (".bin", ".arpa"):
-        candidate = Path(f"{lm_stem(path)}{suffix}")
-        if candidate.is_file():
-            return candidate
-    raise AsrkitError(f"language model {path} not found; build one with `asrkit lm build TEXT... --out {path}` "
-                      "or pass the .bin / .arpa file")
+    if not path.is_file():
+        for suffix in (".bin", ".arpa", ".arpa.gz"):
+            candidate = Path(f"{lm_stem(path)}{suffix}")
+            if candidate.is_file():
+                path = candidate
+                break
+        else:
+            raise AsrkitError(f"language model {path} not found; build one with `asrkit lm build TEXT... --out "
+                              f"{path}` or pass the .bin / .arpa / .arpa.gz file")
+    if path.name.endswith(".arpa.gz"):
+        from asrkit.lm_build import binary_of_gzipped_arpa
+
+        return binary_of_gzipped_arpa(path)
+    return path
 
 
 def read_unigrams(lm_path: Path) -> list[str]:
@@ -258,6 +156,35 @@ def load_kenlm(path: str) -> Any:
     except (OSError, RuntimeError, ValueError) as err:
         raise AsrkitError(f"{path}: not a readable KenLM model ({_kenlm_reason(str(err))}); rebuild it with "
                           "`asrkit lm build` (or KenLM's build_binary)") from None
+
+
+def load_flashlight_lm(path: str, word_dict: Any) -> Any:
+    """flashlight-text's own KenLM wrapper over `path`, its words numbered by `word_dict` (it loads the file
+    itself; KenLM's progress bar while reading an ARPA is silenced)."""
+    from flashlight.lib.text.decoder.kenlm import KenLM
+
+    try:
+        with _quiet_stderr():
+            return KenLM(path, word_dict)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise AsrkitError(f"{path}: not a readable KenLM model ({_kenlm_reason(str(err))}); rebuild it with "
+                          "`asrkit lm build` (or KenLM's build_binary)") from None
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null (C++ code writing to stderr), restore it after."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _kenlm_reason(message: str) -> str:

@@ -1,10 +1,14 @@
 """CTC decoding speed and accuracy: the same emissions through greedy, pyctcdecode at its defaults, asrkit's
-decoder and (when flashlight-text is installed) torchaudio's flashlight ctc_decoder, at several beam widths.
-The flashlight decoder spells words from a lexicon (the LM's words): a closed vocabulary, which the others
-do not impose, so its WER is not like for like.
+decoder with each backend (flashlight: flashlight-text's lexicon search, asrkit: asrkit's Python prefix search)
+and torchaudio's flashlight ctc_decoder (as its tutorial builds it), at several beam widths. The flashlight
+searches spell words from a lexicon (the LM's words): a closed vocabulary, which the prefix searches do not
+impose; on these data it is worth much of their WER gain.
 
-Prints, per decoder: WER, CER, seconds of audio decoded per second on one core (x real time), and the peak
-Python memory of the decoding (tracemalloc; the KenLM model's own memory is its file size, printed once).
+Prints, per decoder: WER, CER, seconds of audio decoded per second of CPU time of this one process (x real
+time per core), the peak Python memory of the decoding (tracemalloc) and the growth of the peak resident memory
+while the decoder is built and run (C++ included; an LM already loaded by an earlier decoder of the same kind
+is not counted again). Last, the fastest decoder whose WER is at most pyctcdecode beam 100's, and its speed
+relative to it.
 
 Emissions come from a real model (--model EXP --manifest M --lm LM), or by default are synthetic: sentences of
 a synthetic language (Zipfian words, a sparse Markov chain between them) spelled as 50 frames/s character
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import math
 import os
 import random
 import sys
@@ -128,7 +133,7 @@ def synthetic_emissions(text: str, rng: np.random.Generator, uncertain: float = 
 
 
 def synthetic_data(utts: int, order: int, workdir: Path, seed: int = 0, uncertain: float = 0.3) -> Data:
-    from asrkit.lm import build_lm
+    from asrkit.lm_build import build_lm
 
     sample = synthetic_language(seed)
     rng = random.Random(seed + 1)
@@ -201,7 +206,7 @@ def flashlight(data: Data, beam: int, alpha: float, beta: float, workdir: Path) 
                        encoding="utf-8")
     try:
         decoder = ctc_decoder(lexicon=str(lexicon), tokens=tokens, lm=data.lm, beam_size=beam, blank_token="-",
-                              sil_token="|", lm_weight=alpha, word_score=beta)
+                              sil_token="|", lm_weight=alpha * math.log(10), word_score=beta)
     except (ImportError, RuntimeError) as err:
         print(f"# flashlight decoder unavailable: {err}", file=sys.stderr)
         return None
@@ -212,10 +217,37 @@ def flashlight(data: Data, beam: int, alpha: float, beta: float, workdir: Path) 
 # ------------------------------------------------------------------------------------------ measuring
 
 
-def measure(name: str, make: Callable[[], Callable[[np.ndarray], str] | None], data: Data) -> None:
+@dataclass
+class Row:
+    name: str
+    wer: float
+    speed: float  # x real time per core
+
+
+def _memory_mib(field: str) -> float:
+    """VmRSS / VmHWM of this process in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":")), 0.0)
+    except OSError:
+        return 0.0
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def measure(name: str, make: Callable[[], Callable[[np.ndarray], str] | None], data: Data) -> Row | None:
+    gc.collect()
+    _reset_peak_rss()
+    rss = _memory_mib("VmRSS")
     decode = make()
     if decode is None:
-        return
+        return None
     decode(data.log_probs[0])  # warm caches that every real run would have warm too (imports, first LM page-ins)
     gc.collect()
     tracemalloc.start()
@@ -233,8 +265,23 @@ def measure(name: str, make: Callable[[], Callable[[np.ndarray], str] | None], d
     for lp in data.log_probs:
         decode(lp)
     cpu = min(cpu, time.process_time() - start)
-    print(f"{name:<34} WER {words.rate:7.2%}  CER {chars.rate:7.2%}  {data.seconds / cpu:8.1f}x real time/core  "
-          f"peak {peak / 2**20:6.1f} MiB", flush=True)
+    grown = max(0.0, _memory_mib("VmHWM") - rss)
+    print(f"{name:<38} WER {words.rate:7.2%}  CER {chars.rate:7.2%}  {data.seconds / cpu:8.1f}x real time/core  "
+          f"peak {peak / 2**20:6.1f} MiB Python, +{grown:6.1f} MiB RSS", flush=True)
+    return Row(name, words.rate, data.seconds / cpu)
+
+
+def summary(rows: Sequence[Row]) -> None:
+    ref = next((r for r in rows if r.name == "pyctcdecode defaults beam 100"), None)
+    if ref is None:
+        return
+    ok = [r for r in rows if r.wer <= ref.wer + 1e-9 and r is not ref]
+    if not ok:
+        print(f"# no decoder reaches pyctcdecode beam 100's WER {ref.wer:.2%}")
+        return
+    best = max(ok, key=lambda r: r.speed)
+    print(f"# fastest at or below pyctcdecode beam 100's WER ({ref.wer:.2%}): {best.name}, WER {best.wer:.2%}, "
+          f"{best.speed / ref.speed:.1f}x its speed ({best.speed:.0f}x real time/core)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -266,16 +313,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"# {source}: {len(data.log_probs)} utterances, {data.seconds:.0f} s of audio, "
               f"{sum(lp.shape[0] for lp in data.log_probs)} frames; LM {data.lm} ({lm_mb:.1f} MiB)")
         default = LMDecodeOptions(lm=data.lm, alpha=args.alpha, beta=args.beta)
-        measure("greedy", lambda: greedy(data), data)
-        measure(f"asrkit default (beam {default.beam_size})", lambda: asrkit_decoder(data, default), data)
+        rows = [measure("greedy", lambda: greedy(data), data),
+                measure(f"asrkit default ({default.backend}, beam {default.beam_size})",
+                        lambda: asrkit_decoder(data, default), data)]
         for beam in beams:
             if not args.skip_slow:
-                measure(f"pyctcdecode defaults beam {beam}",
-                        lambda b=beam: pyctcdecode_defaults(data, b, args.alpha, args.beta), data)
-            measure(f"asrkit beam {beam}", lambda b=beam: asrkit_decoder(data, replace(default, beam_size=b)), data)
-            measure(f"flashlight (lexicon) beam {beam}",
-                    lambda b=beam: flashlight(data, b, args.alpha, args.beta, Path(tmp)), data)
-
+                rows.append(measure(f"pyctcdecode defaults beam {beam}",
+                                    lambda b=beam: pyctcdecode_defaults(data, b, args.alpha, args.beta), data))
+            for backend in ("asrkit", "flashlight"):
+                rows.append(measure(f"asrkit, {backend} backend, beam {beam}", lambda b=beam, k=backend:
+                                    asrkit_decoder(data, replace(default, beam_size=b, backend=k)), data))
+            rows.append(measure(f"torchaudio ctc_decoder beam {beam}",
+                                lambda b=beam: flashlight(data, b, args.alpha, args.beta, Path(tmp)), data))
+        summary([r for r in rows if r is not None])
 
 if __name__ == "__main__":
     main()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from asrkit.beam_search import PrefixBeamSearch
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.decoding import (
     CTCBeamDecoder,
     DecoderPool,
     LMDecodeOptions,
-    PrefixBeamSearch,
     collapse_blank_frames,
     ctc_beam_search,
     ctc_greedy,
@@ -30,8 +30,11 @@ CHARS = [" ", "b", "g", "n", "s", "u", "y"]
 TOKENIZER = CharTokenizer(CHARS)
 VOCAB = TOKENIZER.vocab  # blank first
 FRAME_SHIFT = 0.02
+HAVE_FLASHLIGHT = __import__("asrkit.lm").lm.flashlight_available()
+needs_flashlight = pytest.mark.skipif(not HAVE_FLASHLIGHT, reason="flashlight-text not installed")
 BACKENDS = ["asrkit", pytest.param("pyctcdecode", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("pyctcdecode") is None, reason="pyctcdecode not installed"))]
+    __import__("importlib").util.find_spec("pyctcdecode") is None, reason="pyctcdecode not installed")),
+    pytest.param("flashlight", marks=needs_flashlight)]
 
 # log10 probabilities: "bugs bunny" is far likelier than "bunny bunny"
 ARPA = """
@@ -124,7 +127,7 @@ def test_hotword_boosts_a_word(backend: str) -> None:
 
 
 def test_nbest_lists_distinct_hypotheses_best_first(arpa: Path) -> None:
-    hyps = decode(options(arpa, alpha=0.5, beta=0.0, nbest=3, beam_size=8))
+    hyps = decode(options(arpa, alpha=0.5, beta=0.0, nbest=3, beam_size=8))  # the asrkit backend: see below
     texts = [h.text for h in hyps]
     assert texts[0] == "bugs bunny" and "bunny bunny" in texts
     assert len(set(texts)) == len(texts) and 2 <= len(texts) <= 3
@@ -161,12 +164,13 @@ def test_blank_frame_collapse_is_exact() -> None:
     assert math.isclose(full[1], short[1] + offset, rel_tol=1e-6, abs_tol=1e-4)
 
 
-def test_batch_decoding_and_worker_pool_agree(arpa: Path) -> None:
+@pytest.mark.parametrize("backend", ["asrkit", pytest.param("flashlight", marks=needs_flashlight)])
+def test_batch_decoding_and_worker_pool_agree(arpa: Path, backend: str) -> None:
     lp = bunny_emissions()
     em = Emissions(torch.from_numpy(np.stack([lp, lp]))[:, :], torch.tensor([len(lp), 7]), FRAME_SHIFT)
-    batch = ctc_beam_search(em, TOKENIZER, options(arpa, alpha=0.5))
+    opts = options(arpa, alpha=0.5, backend=backend)
+    batch = ctc_beam_search(em, TOKENIZER, opts)
     assert batch[0][0].text == "bugs bunny" and len(batch[1][0].text.split()) == 1  # lengths respected
-    opts = options(arpa, alpha=0.5)
     many = [lp, lp[:7], lp] * 4
     with DecoderPool(VOCAB, opts, workers=1) as local:
         expected = [h[0].text for h in local.decode(many, FRAME_SHIFT)]
@@ -177,6 +181,59 @@ def test_batch_decoding_and_worker_pool_agree(arpa: Path) -> None:
 
 def test_empty_emissions_give_an_empty_hypothesis(arpa: Path) -> None:
     assert decode(options(arpa), np.zeros((0, len(VOCAB)), dtype=np.float32))[0].text == ""
+    silence = frames(*[{"": 0.99}] * 5)
+    for backend in ("asrkit", "flashlight"):
+        assert decode(options(arpa, backend=backend), silence)[0].text == ""
+
+
+# ------------------------------------------------------------------------------------------- backends
+
+
+@needs_flashlight
+def test_flashlight_is_the_default_and_keeps_alpha_and_beta_meaning(arpa: Path) -> None:
+    """The same objective as the prefix search: a hypothesis' score is its best path + alpha ln p_LM + beta per
+    word (the prefix search sums its paths, so it scores a little higher)."""
+    opts = options(arpa, alpha=0.5, beta=1.0)
+    decoder = CTCBeamDecoder(VOCAB, opts)
+    assert decoder.backend == "flashlight"
+    best = decoder.decode(bunny_emissions(), FRAME_SHIFT)[0]
+    lm = 0.5 * math.log(10) * (-0.1 - 0.1 - 0.2)  # <s> bugs, bugs bunny, bunny </s>
+    path = float(np.log([0.97, 0.97, 0.46, 0.48, 0.48, 0.48] + [0.97] * 8).sum())  # b u g s _ _ " " b u n _ n y _
+    assert best.text == "bugs bunny" and best.score == pytest.approx(path + lm + 2 * 1.0, abs=1e-3)
+    prefix = CTCBeamDecoder(VOCAB, replace(opts, backend="asrkit")).decode(bunny_emissions(), FRAME_SHIFT)[0]
+    assert prefix.text == best.text and best.score <= prefix.score < best.score + 0.5
+    decoder.set_weights(0.0, 0.0)
+    assert decoder.decode(bunny_emissions(), FRAME_SHIFT)[0].text == "bunny bunny"
+
+
+@needs_flashlight
+def test_flashlight_spells_only_the_words_of_the_lm(arpa: Path) -> None:
+    """A closed vocabulary: "bugs buny" comes out as known words, where the prefix search keeps "buny"."""
+    lp = frames(*[{c: 0.97} for c in "bugs"], {" ": 0.97}, *[{c: 0.97} for c in "buny"])
+    assert decode(options(arpa, backend="asrkit", alpha=0.1, beta=0.0), lp)[0].text == "bugs buny"
+    text = decode(options(arpa, backend="flashlight", alpha=0.1, beta=0.0), lp)[0].text
+    assert text.startswith("bugs ") and set(text.split()) <= {"bugs", "bunny"}
+
+
+@needs_flashlight
+def test_requests_flashlight_cannot_serve_fall_back_with_a_notice(arpa: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from asrkit import decoding
+
+    monkeypatch.setattr(decoding, "_NOTICES", set())
+    assert CTCBeamDecoder(VOCAB, options(arpa, hotwords=("bugs",))).backend == "asrkit"
+    assert CTCBeamDecoder(VOCAB, options(arpa, hotwords=("bugs",))).backend == "asrkit"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "asrkit backend: the flashlight backend does not do hotwords" in err
+    assert CTCBeamDecoder(VOCAB, options(arpa, nbest=2)).backend == "asrkit"
+    assert "does not do n-best lists" in capsys.readouterr().err
+    pieces = ["<blank>", "<unk>", "\u2581bugs", "\u2581bu", "nny"]
+    assert CTCBeamDecoder(pieces, options(arpa)).backend == "asrkit"
+    assert "word pieces" in capsys.readouterr().err
+    monkeypatch.setattr("asrkit.lm.flashlight_available", lambda: False)
+    assert CTCBeamDecoder(VOCAB, options(arpa)).backend == "asrkit"
+    assert "flashlight-text is not installed" in capsys.readouterr().err
+    assert CTCBeamDecoder(VOCAB, options(arpa, backend="pyctcdecode")).backend == "pyctcdecode"
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -1,5 +1,5 @@
-"""LM building and loading: text inputs (plain, gzip, manifests) normalised like transcripts, finding KenLM's
-programs, word lists, `asrkit lm build` itself when lmplz is installed."""
+"""LM building (asrkit.lm_build) and loading (asrkit.lm): text inputs (plain, gzip, manifests) normalised like
+transcripts, finding KenLM's programs, word lists, `asrkit lm build` itself when lmplz is installed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from asrkit import lm as lmlib
+from asrkit import lm_build as lmbuild
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
 
@@ -23,7 +24,7 @@ def test_text_is_normalised_like_transcripts(tmp_path: Path) -> None:
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(json.dumps({"audio_filepath": f"{i}.wav", "duration": 1.0, "text": t}) + "\n"
                                 for i, t in enumerate(["one two", "Three  FOUR"])), encoding="utf-8")
-    lines = list(lmlib.read_lm_text([plain, packed, manifest]))
+    lines = list(lmbuild.read_lm_text([plain, packed, manifest]))
     raw = ["Hello, World!", "  It\u2019s 3 O'Clock.", "Bugs Bunny;", "WHAT'S up, doc?", "one two", "Three  FOUR"]
     assert lines == [normalize_text(r) for r in raw]
     assert lines[1] == "it's 3 o'clock"
@@ -31,27 +32,27 @@ def test_text_is_normalised_like_transcripts(tmp_path: Path) -> None:
 
 def test_unreadable_text_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(AsrkitError, match=r"missing\.txt not found"):
-        list(lmlib.read_lm_text([tmp_path / "missing.txt"]))
+        list(lmbuild.read_lm_text([tmp_path / "missing.txt"]))
     fake_gz = tmp_path / "fake.gz"
     fake_gz.write_text("not gzip")
     with pytest.raises(AsrkitError, match=r"fake\.gz: cannot read it as UTF-8 text \(gzip\)"):
-        list(lmlib.read_lm_text([fake_gz]))
+        list(lmbuild.read_lm_text([fake_gz]))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"duration": 1}\n')
     with pytest.raises(AsrkitError, match=r'bad\.jsonl:2: no "text" string'):
-        list(lmlib.read_lm_text([bad]))
+        list(lmbuild.read_lm_text([bad]))
 
 
 def test_missing_kenlm_programs_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(lmlib, "TOOL_DIR", tmp_path / "tools" / "kenlm" / "bin")
+    monkeypatch.setattr(lmbuild, "TOOL_DIR", tmp_path / "tools" / "kenlm" / "bin")
     with pytest.raises(AsrkitError, match=r"KenLM's lmplz was not found on PATH nor in .*tools/kenlm/bin; "
                                           r"run `make kenlm`"):
-        lmlib.find_tool("lmplz")
+        lmbuild.find_tool("lmplz")
     corpus = tmp_path / "c.txt"
     corpus.write_text("one two\n")
     with pytest.raises(AsrkitError, match="make kenlm"):
-        lmlib.build_lm([corpus], tmp_path / "lm")
+        lmbuild.build_lm([corpus], tmp_path / "lm")
 
 
 def test_programs_in_the_project_tool_folder_are_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -60,17 +61,17 @@ def test_programs_in_the_project_tool_folder_are_found(monkeypatch: pytest.Monke
     tools.mkdir()
     (tools / "lmplz").write_text("#!/bin/sh\n")
     (tools / "lmplz").chmod(0o755)
-    monkeypatch.setattr(lmlib, "TOOL_DIR", tools)
-    assert lmlib.find_tool("lmplz") == tools / "lmplz"
+    monkeypatch.setattr(lmbuild, "TOOL_DIR", tools)
+    assert lmbuild.find_tool("lmplz") == tools / "lmplz"
 
 
 def test_bad_build_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(AsrkitError, match="--order 1 must be at least 2"):
-        lmlib.build_lm([tmp_path / "x.txt"], tmp_path / "lm", order=1)
+        lmbuild.build_lm([tmp_path / "x.txt"], tmp_path / "lm", order=1)
     with pytest.raises(AsrkitError, match="--prune has 3 thresholds but the LM has order 2"):
-        lmlib.build_lm([tmp_path / "x.txt"], tmp_path / "lm", order=2, prune=(0, 1, 1))
+        lmbuild.build_lm([tmp_path / "x.txt"], tmp_path / "lm", order=2, prune=(0, 1, 1))
     with pytest.raises(AsrkitError, match="non-decreasing"):
-        lmlib.build_lm([tmp_path / "x.txt"], tmp_path / "lm", order=3, prune=(0, 2, 1))
+        lmbuild.build_lm([tmp_path / "x.txt"], tmp_path / "lm", order=3, prune=(0, 2, 1))
 
 
 def test_lm_paths_resolve_from_their_stem(tmp_path: Path) -> None:
@@ -114,7 +115,7 @@ def test_packages_missing_give_the_install_hint(monkeypatch: pytest.MonkeyPatch)
     real_import = builtins.__import__
 
     def no_lm_packages(name: str, *args: object, **kwargs: object) -> object:
-        if name in ("kenlm", "pyctcdecode"):
+        if name in ("kenlm", "pyctcdecode", "flashlight.lib.text"):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -123,12 +124,14 @@ def test_packages_missing_give_the_install_hint(monkeypatch: pytest.MonkeyPatch)
         lmlib.require_kenlm()
     with pytest.raises(AsrkitError, match=r"pip install 'asrkit\[lm\]'"):
         lmlib.require_pyctcdecode()
+    with pytest.raises(AsrkitError, match=r"flashlight backend needs the flashlight-text module; .*asrkit\[lm\]"):
+        lmlib.require_flashlight()
 
 
 def _lmplz_found() -> bool:
     try:
-        lmlib.find_tool("lmplz")
-        lmlib.find_tool("build_binary")
+        lmbuild.find_tool("lmplz")
+        lmbuild.find_tool("build_binary")
     except AsrkitError:
         return False
     return True
@@ -141,7 +144,7 @@ def test_build_writes_arpa_binary_and_word_list(tmp_path: Path) -> None:
     text.write_text("One two THREE.\none two\nfour, five!\n" * 20, encoding="utf-8")
     manifest = tmp_path / "train.jsonl"
     manifest.write_text(json.dumps({"audio_filepath": "x.wav", "duration": 1, "text": "six seven"}) + "\n")
-    built = lmlib.build_lm([text, manifest], tmp_path / "out" / "digits.bin", order=3)
+    built = lmbuild.build_lm([text, manifest], tmp_path / "out" / "digits.bin", order=3)
     assert built.binary == tmp_path / "out" / "digits.bin" and built.binary.is_file()
     assert built.arpa.read_text().startswith("\\data\\")
     assert set(lmlib.read_unigrams(built.binary)) == {"one", "two", "three", "four", "five", "six", "seven"}
@@ -151,7 +154,7 @@ def test_build_writes_arpa_binary_and_word_list(tmp_path: Path) -> None:
     assert model.score("one two three", bos=True, eos=False) > model.score("three two one", bos=True, eos=False)
     assert f"--lm {built.binary}" in built.summary()
     assert not list((tmp_path / "out").glob("asrkit-lm-*")), "the temporary corpus is removed"
-    pruned = lmlib.build_lm([text], tmp_path / "pruned", order=3, prune=(0, 1, 1))
+    pruned = lmbuild.build_lm([text], tmp_path / "pruned", order=3, prune=(0, 1, 1))
     assert pruned.binary.is_file()
 
 
@@ -160,4 +163,4 @@ def test_lmplz_failure_is_reported(tmp_path: Path) -> None:
     text = tmp_path / "one.txt"
     text.write_text("word\n")
     with pytest.raises(AsrkitError, match=r"lmplz failed \(exit -?\d+\).*discount_fallback"):
-        lmlib.build_lm([text], tmp_path / "lm", order=5, discount_fallback=False)
+        lmbuild.build_lm([text], tmp_path / "lm", order=5, discount_fallback=False)

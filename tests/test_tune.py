@@ -248,12 +248,12 @@ def test_cli_decoding_errors_are_one_line_with_exit_code_2(model_dir: Path, dev:
 def test_cli_lm_build(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from asrkit import lm as lmlib
+    from asrkit import lm_build
     from asrkit.cli import app
 
     try:
-        lmlib.find_tool("lmplz")
-        lmlib.find_tool("build_binary")
+        lm_build.find_tool("lmplz")
+        lm_build.find_tool("build_binary")
     except AsrkitError:
         pytest.skip("KenLM's lmplz / build_binary not installed (make kenlm)")
     text = tmp_path / "t.txt"
@@ -264,3 +264,26 @@ def test_cli_lm_build(tmp_path: Path) -> None:
     assert (tmp_path / "lm" / "d.bin").is_file() and "--lm" in result.stdout
     result = CliRunner().invoke(app, ["lm", "build", str(text), "--out", str(tmp_path / "x"), "--prune", "a"])
     assert result.exit_code == 2 and "--prune 'a'" in result.output
+
+
+@pytest.mark.parametrize("backend", ["asrkit", pytest.param("flashlight", marks=pytest.mark.skipif(
+    not __import__("asrkit.lm").lm.flashlight_available(), reason="flashlight-text not installed"))])
+def test_tune_with_a_backend_and_a_gzipped_upper_case_arpa(model_dir: Path, dev: tuple[Path, list[Path]],
+                                                           tmp_path: Path, backend: str) -> None:
+    """LibriSpeech's LMs come as upper-case .arpa.gz: tune takes one (converted once beside it) and writes the
+    backend it tuned for with the weights."""
+    import gzip
+
+    manifest, _ = dev
+    gz = tmp_path / "digits.arpa.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write(DIGIT_ARPA.upper().replace("<S>", "<s>").replace("</S>", "</s>").replace("<UNK>", "<unk>")
+                .replace("\\DATA\\", "\\data\\").replace("NGRAM", "ngram").replace("-GRAMS", "-grams")
+                .replace("\\END\\", "\\end\\"))
+    out = tmp_path / "tune.json"
+    result = tune(model_dir, manifest, gz, out=out, alpha_range=(0.0, 1.0), beta_range=(0.0, 1.0), steps=2,
+                  base=LMDecodeOptions(backend=backend), workers=2, progress=False, device="cpu")
+    assert len(result.trials) == 4
+    decode = json.loads(out.read_text())["decode"]
+    assert decode["backend"] == backend and ".asrkit." in decode["lm"]
+    assert read_decode_params(out).lm == result.options.lm

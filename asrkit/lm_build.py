@@ -1,0 +1,259 @@
+"""Build KenLM word n-grams: `asrkit lm build` (lmplz / build_binary on text normalised like the transcripts), and
+the one-time conversion of a gzipped ARPA (LibriSpeech's 3-gram.arpa.gz, 4-gram.arpa.gz) to a KenLM binary.
+
+Text is streamed: LibriSpeech's 800 M words of LM text (librispeech-lm-norm.txt.gz) go from the gzip file
+through the normalisation into lmplz's standard input, never written out in between.
+
+Files of an LM built to `OUT` (a stem; a trailing .arpa / .bin is dropped):
+    OUT.arpa           the ARPA text model (lmplz)
+    OUT.bin            the KenLM binary (build_binary): what `--lm` should point at, it loads fastest
+    OUT.unigrams.txt   its words, one a line: the decoders' list of known words
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asrkit.data.text import normalize_text
+from asrkit.errors import AsrkitError
+from asrkit.lm import lm_stem, unigram_words
+from asrkit.progress import say
+
+KENLM_TOOLS_HINT = "run `make kenlm` (builds lmplz and build_binary into tools/kenlm/bin)"
+TOOL_DIR = Path(__file__).resolve().parent.parent / "tools" / "kenlm" / "bin"  # where `make kenlm` puts them
+
+
+def find_tool(name: str) -> Path:
+    """A KenLM program (lmplz, build_binary) on PATH, else in the project's tools/kenlm/bin."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    local = TOOL_DIR / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return local
+    raise AsrkitError(f"KenLM's {name} was not found on PATH nor in {TOOL_DIR}; {KENLM_TOOLS_HINT}, "
+                      f"or put a KenLM build's bin/ folder on PATH")
+
+
+def read_lm_text(paths: Sequence[str | Path]) -> Iterator[str]:
+    """Normalised sentences of text files (plain or .gz, one sentence a line) or JSONL manifests (their
+    `text` fields). Empty lines are skipped."""
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise AsrkitError(f"LM text {path} not found; pass text files (.txt, .gz) or JSONL manifests")
+        is_manifest = path.name.endswith((".jsonl", ".jsonl.gz", ".json"))
+        opener: Any = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if is_manifest:
+                        line = _manifest_text(line, f"{path}:{lineno}")
+                    text = _normalize_line(line)
+                    if text:
+                        yield text
+        except (OSError, EOFError, UnicodeDecodeError) as err:
+            raise AsrkitError(f"{path}: cannot read it as UTF-8 text{' (gzip)' if opener is gzip.open else ''}: "
+                              f"{err}") from None
+
+
+_NOT_ASCII_WORD = re.compile(r"[^a-z0-9']+")
+
+
+def _normalize_line(line: str) -> str:
+    """`normalize_text`, with a regex fast path for ASCII lines (LibriSpeech's 800 M words of LM text): NFKC
+    changes no ASCII, the only ASCII letters and digits are a-z, 0-9, and backquotes are apostrophes."""
+    if not line.isascii():
+        return normalize_text(line)
+    words = (w.strip("'") for w in _NOT_ASCII_WORD.sub(" ", line.replace("`", "'").lower()).split())
+    return " ".join(w for w in words if w)
+
+
+def _manifest_text(line: str, where: str) -> str:
+    if not line.strip():
+        return ""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise AsrkitError(f"{where}: not valid JSON ({err.msg}); a manifest has one JSON object a line") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise AsrkitError(f"{where}: no \"text\" string; LM text from a manifest is read from its text fields")
+    return str(obj["text"])
+
+
+@dataclass(frozen=True)
+class BuiltLM:
+    arpa: Path
+    binary: Path
+    unigrams: Path
+    order: int
+    sentences: int
+    words: int  # running words of training text
+    vocabulary: int  # distinct words
+
+    def summary(self) -> str:
+        return (f"{self.order}-gram LM from {self.sentences} sentences ({self.words} words, vocabulary "
+                f"{self.vocabulary}) -> {self.binary} (+ {self.arpa.name}, {self.unigrams.name}); "
+                f"decode with --lm {self.binary}")
+
+
+def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, prune: Sequence[int] = (),
+             memory: str = "20%", discount_fallback: bool = True) -> BuiltLM:
+    """Train a word n-gram with lmplz on normalised text, write OUT.arpa, OUT.bin and OUT.unigrams.txt.
+
+    `prune` are lmplz's --prune counts per order (e.g. 0 1 1: drop singleton 2- and 3-grams).
+    `discount_fallback` lets lmplz estimate small or artificial corpora (such as digit strings) whose
+    count-of-counts break Kneser-Ney's discounts."""
+    if order < 2:
+        raise AsrkitError(f"--order {order} must be at least 2 (KenLM's minimum; 3 to 5 is usual for words)")
+    if len(prune) > order:
+        raise AsrkitError(f"--prune has {len(prune)} thresholds but the LM has order {order}; give at most one "
+                          "per order, e.g. --prune 0,1,1")
+    if any(p < 0 for p in prune) or list(prune) != sorted(prune):
+        raise AsrkitError(f"--prune {','.join(map(str, prune))}: thresholds must be >= 0 and non-decreasing")
+    lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
+    stem = lm_stem(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    arpa, binary, unigram_path = Path(f"{stem}.arpa"), Path(f"{stem}.bin"), Path(f"{stem}.unigrams.txt")
+    counts = {"sentences": 0, "words": 0}
+    vocab: set[str] = set()
+
+    def corpus() -> Iterator[str]:  # the normalised text, counted as lmplz reads it
+        for sentence in read_lm_text(texts):
+            tokens = sentence.split()
+            vocab.update(tokens)
+            counts["sentences"] += 1
+            counts["words"] += len(tokens)
+            yield sentence + "\n"
+
+    lines = corpus()
+    first = next(lines, None)
+    if first is None:
+        raise AsrkitError(f"no text in {', '.join(map(str, texts))} after normalisation; nothing to train on")
+    with tempfile.TemporaryDirectory(prefix="asrkit-lm-", dir=stem.parent) as tmp:
+        cmd = [str(lmplz), "-o", str(order), "-S", memory, "-T", tmp, "--arpa", str(arpa) + ".tmp"]
+        if prune:
+            cmd += ["--prune", *map(str, prune)]
+        if discount_fallback:
+            cmd.append("--discount_fallback")
+        _pipe(itertools.chain([first], lines), cmd, "lmplz")  # streamed: no copy of a large corpus on disk
+        os.replace(str(arpa) + ".tmp", arpa)
+    _run([str(build_binary), "-s", str(arpa), str(binary) + ".tmp"], "build_binary")
+    os.replace(str(binary) + ".tmp", binary)
+    unigram_path.write_text("".join(w + "\n" for w in sorted(vocab)), encoding="utf-8")
+    return BuiltLM(arpa, binary, unigram_path, order, counts["sentences"], counts["words"], len(vocab))
+
+
+def _run(cmd: list[str], name: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-4:])
+        raise AsrkitError(f"{name} failed (exit {proc.returncode}): {tail[:600]}; command: {' '.join(cmd)}")
+
+
+# ---------------------------------------------------------------------------------------------- gzipped ARPA
+
+
+GZ_CACHE_SUFFIX = ".asrkit.bin"  # the binary of a gzipped ARPA, beside it: 3-gram.arpa.gz -> 3-gram.asrkit.bin
+
+
+def binary_of_gzipped_arpa(gz: Path) -> Path:
+    """A gzipped ARPA (LibriSpeech's 3-gram.arpa.gz, 4-gram.arpa.gz) as a KenLM binary, converted once and
+    cached beside it (or under ~/.cache/asrkit/lm when its folder is read-only) with its word list:
+    STEM.asrkit.bin and STEM.asrkit.unigrams.txt. Loading a binary takes seconds where the ARPA takes minutes.
+
+    The words are lower-cased on the way (asrkit's transcripts are; LibriSpeech's LMs are upper case) unless
+    that would merge two of them. Without KenLM's build_binary the lower-cased ARPA is cached instead."""
+    stem = gz.name[: -len(".arpa.gz")]
+    folder = gz.parent if _writable(gz.parent) else _user_cache(gz)
+    sidecar = folder / f"{stem}.asrkit.unigrams.txt"
+    binary, arpa = folder / f"{stem}{GZ_CACHE_SUFFIX}", folder / f"{stem}.asrkit.arpa"
+    for cached in (binary, arpa):
+        if cached.is_file() and sidecar.is_file() and cached.stat().st_mtime >= gz.stat().st_mtime:
+            return cached
+    try:
+        build_binary: Path | None = find_tool("build_binary")
+    except AsrkitError:
+        build_binary = None
+    out = binary if build_binary is not None else arpa
+    say(f"note: converting {gz} once to {out} (words lower-cased like the transcripts); later runs load that")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        words = _convert_arpa(gz, tmp, build_binary)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar.write_text("".join(w + "\n" for w in unigram_words(words)), encoding="utf-8")
+    return out
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+def _user_cache(gz: Path) -> Path:
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asrkit" / "lm"
+    return base / hashlib.sha1(str(gz.resolve()).encode()).hexdigest()[:12]
+
+
+def _convert_arpa(gz: Path, out: Path, build_binary: Path | None) -> list[str]:
+    """Stream a gzipped ARPA, lower-cased where that merges no two words, through build_binary into the
+    binary `out` (or, without build_binary, into the ARPA `out`); returns its words, as written. The 1-grams
+    come first in an ARPA: they decide the case before anything is written."""
+    try:
+        with gzip.open(gz, "rt", encoding="utf-8") as f:
+            head: list[str] = []
+            words: list[str] = []
+            for line in f:  # the header and the 1-grams
+                head.append(line)
+                if line.startswith(("\\2-grams:", "\\end\\")):
+                    break
+                parts = line.split("\t")
+                if len(parts) >= 2 and not line.startswith("\\"):
+                    words.append(parts[1].strip())
+            if not words:
+                raise AsrkitError(f"{gz}: no \\1-grams: section, not an ARPA language model")
+            fold = any(w != w.lower() for w in words) and len({w.lower() for w in words}) == len(set(words))
+            lines = (line.lower() if fold else line for line in itertools.chain(head, f))
+            if build_binary is None:
+                with out.open("w", encoding="utf-8") as dest:
+                    dest.writelines(lines)
+            else:
+                _pipe(lines, [str(build_binary), "-s", "/dev/stdin", str(out)], f"build_binary (converting {gz})")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise AsrkitError(f"{gz}: cannot read it as a gzipped ARPA file ({err})") from None
+    return [w.lower() for w in words] if fold else words
+
+
+def _pipe(lines: Iterable[str], cmd: list[str], name: str) -> None:
+    """Write `lines` to the standard input of `cmd`; its error output, if it fails, in the message."""
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            with io.TextIOWrapper(proc.stdin, encoding="utf-8") as dest:  # type: ignore[arg-type,type-var]
+                dest.writelines(lines)
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit status says why
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.wait() != 0:
+            errors.seek(0)
+            tail = " | ".join(errors.read().decode(errors="replace").strip().splitlines()[-4:])
+            raise AsrkitError(f"{name} failed (exit {proc.returncode}): {tail[:600]}; command: {' '.join(cmd)}")
