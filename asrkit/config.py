@@ -129,6 +129,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     num_workers: int = 2  # data-loader worker processes
+    features_on: str = "auto"  # log-mel + SpecAugment: auto (device on CUDA) | device (batched, in the step) | workers
+    compile: bool = False  # CUDA: torch.compile DeepSpeech2's conv blocks; its packed-sequence RNNs stay eager
     save_every_steps: int = 200  # also write `last` this often inside an epoch (0 = only per epoch)
     log_every_steps: int = 10  # TensorBoard scalars
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses

@@ -38,6 +38,7 @@ from asrkit.average import epoch_checkpoints
 from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
 from asrkit.data.audio import load_audio
+from asrkit.data.device_features import DeviceFeaturizer, WaveBatch
 from asrkit.data.features import Featurizer
 from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
 from asrkit.data.manifest import read_manifest
@@ -58,7 +59,7 @@ T = TypeVar("T")
 
 # Keys that may change when resuming; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "device", "save_every_steps", "log_every_steps",
-                     "max_bad_steps", "accum_steps", "patience", "keep_epochs"}
+                     "max_bad_steps", "accum_steps", "patience", "keep_epochs", "features_on", "compile"}
 # Rank 0 alone computes feature statistics and decodes dev while the other ranks wait for it.
 DIST_TIMEOUT = timedelta(hours=2)
 # DDP's argument that stops it copying rank 0's buffers to the others before every forward (renamed in torch 2.14).
@@ -111,7 +112,7 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
             _check_dev_text(tokenizer, dev_utts, data_dir)
         optimizer = _make_optimizer(cfg, model)
         if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
+            _load_optimizer(optimizer, state["optimizer"])
             _restore_rng(state, group, cfg.train.seed)
         elif group.world > 1:
             torch.manual_seed(cfg.train.seed + group.rank)  # the same weights everywhere, different dropout masks
@@ -137,11 +138,17 @@ class _Loop:
         self.dev_utts, self.exp_dir, self.group, self.device = dev_utts, exp_dir, group, group.device
         self.say = say if group.main else _quiet
         t = cfg.train
+        cuda = self.device.type == "cuda"
+        # Features on the device: the workers only decode audio; log-mel and SpecAugment run batched in _step.
+        on_device = t.features_on == "device" or (t.features_on == "auto" and cuda)
+        self.device_features = DeviceFeaturizer(featurizer, self.device) if on_device else None
         self.dataset = SpeechDataset(train_utts, featurizer, tokenizer, augment=True, seed=t.seed,
-                                     manifest="train.jsonl")
+                                     manifest="train.jsonl", waveforms=on_device)
         self.sampler = DurationBatchSampler([u.duration for u in train_utts], t.batch_seconds, t.max_batch_size,
                                             sortagrad=t.sortagrad, seed=t.seed, rank=group.rank,
                                             world_size=group.world)
+        # On CUDA: page-locked batches (non-blocking copies) and workers that live from one epoch to the next.
+        self.loader = make_loader(self.dataset, self.sampler, t.num_workers, pin_memory=cuda, persistent_workers=cuda)
         self.step = int(state.get("step", 0))
         self.epoch = int(state.get("epoch", 0))
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # this rank's batches (micro-batches) consumed
@@ -163,6 +170,8 @@ class _Loop:
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.writer = _tensorboard(exp_dir / "tb") if group.main else None
+        if t.compile:
+            _compile(model, cfg, self.device, self.say)
         # DDP averages gradients in hooks it sets up in its forward(): the loss must be computed through it.
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         self.compute_loss: Callable[[Batch], torch.Tensor] = model.loss
@@ -173,8 +182,11 @@ class _Loop:
             self.compute_loss = self.ddp
 
     def release(self) -> None:
-        """Drop the DistributedDataParallel wrapper (and its communication hooks) while the group still lives."""
+        """Drop the DistributedDataParallel wrapper (and its communication hooks) while the group still lives, and
+        the data loader (its persistent workers end here)."""
         self.compute_loss = self.model.loss
+        if hasattr(self, "loader"):
+            del self.loader
         if hasattr(self, "ddp"):
             del self.ddp
             import gc
@@ -219,7 +231,7 @@ class _Loop:
         self.model.train()
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.dataset.set_epoch(self.epoch)
-        loader = iter(make_loader(self.dataset, self.sampler, t.num_workers, pin_memory=self.device.type == "cuda"))
+        loader = iter(self.loader)
         total = len(self.sampler) + self.batch_in_epoch
         started, utts, loss_avg = time.monotonic(), 0, None
         try:
@@ -240,16 +252,16 @@ class _Loop:
         finally:
             self.train_seconds += time.monotonic() - started
 
-    def _step(self, batches: list[Batch]) -> tuple[int, float | None]:
+    def _step(self, loaded: list[Batch | WaveBatch]) -> tuple[int, float | None]:
         """One optimiser step on this rank's micro-batches -> (utterances in the step on all ranks, mean loss).
 
         Each micro-batch's mean loss is weighted by its share of all the step's utterances (times the number of
         ranks, as DDP divides the summed gradients by it); gradients are exchanged on the last micro-batch
         only. A non-finite loss or gradient norm skips the step on every rank (counted, logged, never saved)."""
         t = self.cfg.train
-        failed = [f for b in batches for f in b.failed]
-        frames = sum(int(b.feat_lens.sum()) for b in batches)
-        batches = [b.to(self.device, non_blocking=True) for b in batches if b.ids]
+        failed = [f for b in loaded for f in b.failed]
+        frames = sum(int(b.feat_lens.sum()) for b in loaded)
+        batches = [self._on_device(b) for b in loaded if b.ids]
         local = sum(len(b.ids) for b in batches)
         total, empty_ranks, n_failed = self.group.sum(local, local == 0, len(failed))
         if n_failed:
@@ -287,6 +299,13 @@ class _Loop:
             self.writer.add_scalar("train/lr", self._lr(), self.step)
             self.writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
         return int(total), value
+
+    def _on_device(self, batch: Batch | WaveBatch) -> Batch:
+        """The batch on the training device (a non-blocking copy); a WaveBatch gets its features there."""
+        if isinstance(batch, WaveBatch):
+            assert self.device_features is not None
+            return self.device_features.batch(batch)
+        return batch.to(self.device, non_blocking=True)
 
     def _skip_step(self, bad_ids: list[list[str]]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -475,6 +494,8 @@ class _Group:
 
 def _check_train_config(cfg: Config) -> None:
     t = cfg.train
+    if t.features_on not in ("auto", "device", "workers"):
+        raise AsrkitError(f"unknown train.features_on {t.features_on!r}; valid: auto, device, workers")
     for name, value, low in (("accum_steps", t.accum_steps, 1), ("patience", t.patience, 0),
                              ("keep_epochs", t.keep_epochs, 0)):
         if value < low:
@@ -611,12 +632,37 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 def _make_optimizer(cfg: Config, model: ASRModel) -> torch.optim.Optimizer:
     t = cfg.train
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":  # fused (one kernel for all parameters) when they are all on a GPU
+        fused = all(p.is_cuda for p in model.parameters()) or None
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
                                weight_decay=t.weight_decay)
     raise AsrkitError(f"unknown train.optimizer {t.optimizer!r}; valid: adamw, sgd")
+
+
+def _compile(model: ASRModel, cfg: Config, device: torch.device, say_: Callable[[str], None]) -> None:
+    """train.compile: torch.compile, in place (state_dict keys do not change), of DeepSpeech2's convolution blocks
+    (conv + BatchNorm + clipped ReLU fused) with dynamic shapes, on CUDA. The recurrent layers run on packed
+    sequences, which dynamo leaves eager, and the other families loop over output steps in Python."""
+    blocks = getattr(getattr(model, "conv", None), "blocks", None)
+    if cfg.model.family != "deepspeech2" or not isinstance(blocks, nn.ModuleList):
+        say_(f"note: train.compile applies to model.family deepspeech2 only; {cfg.model.family} runs uncompiled")
+    elif device.type != "cuda":  # seen with torch 2.14: a recompilation for nearly every new batch length
+        say_("note: train.compile applies on CUDA only (on the CPU, inductor recompiles the convolutions for new "
+             "batch lengths); training runs uncompiled")
+    else:
+        for block in blocks:
+            block.compile(dynamic=True)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The saved optimiser state, keeping this run's implementation choice (fused on a GPU; a checkpoint
+    written on a GPU can resume on the CPU and the other way round)."""
+    chosen: list[dict[str, Any]] = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keys in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(keys)
 
 
 def _tensorboard(log_dir: Path) -> Any:

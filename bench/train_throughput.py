@@ -1,26 +1,33 @@
 """Training throughput, in one run and for the same model and batch shape:
 
-1. bare model step: synthetic features already on the device -> loss -> backward -> clip -> AdamW step, in the
-   trainer's precision. The ceiling: what the model alone allows.
-2. asrkit end to end: `asrkit.train.fit` on audio files (a manifest, or connected-digit wav files it writes from
-   the FSDD recordings in tests/assets): audio decoding, log-mel features, SpecAugment, collate, host -> device
-   copy and the same step. Timed over `--steps` optimiser steps after `--warmup` steps (a first fit() stops at
-   the warm-up, a resumed one runs the timed steps in the same process; data-loader start-up is included).
+1. bare model step: synthetic features already on the device -> loss -> backward -> clip -> AdamW step (fused on
+   CUDA, as the trainer), in the trainer's precision. The ceiling: what the model alone allows.
+2. asrkit end to end, once per feature mode (train.features_on): `asrkit.train.fit` on audio files (a manifest,
+   or connected-digit wav files it writes from the FSDD recordings in tests/assets):
+   - workers: the loader workers decode audio and compute log-mel + SpecAugment per utterance;
+   - device: the workers only decode; log-mel, normalisation and SpecAugment run batched in the training step,
+     on the device;
+   then collate, pinned host -> device copy and the same step. Timed from the end of the `--warmup`-th optimiser
+   step to the end of the last one (steady state: data-loader start-up and the first batches are not counted,
+   waiting for data later is).
 
-Prints audio seconds trained per second (no padding counted) for both and their ratio, the padding fraction
-of the duration-bucketed batches, and peak GPU memory (peak process RSS on CPU). Feature normalisation is off
-(it would add a statistics pass over the corpus before training; per batch it is one subtraction).
-With --manifest, set --seconds and --batch to its typical utterance length and batch size, so that the
-bare step sees the same batch shape.
+Prints audio seconds trained per second (no padding counted) for each and their ratio to the bare step, the
+padding fraction of the duration-bucketed batches, and peak GPU memory (peak process RSS on CPU). Feature
+normalisation is off (it would add a statistics pass over the corpus before training; per batch it is one
+subtraction). With --manifest, set --seconds and --batch to its typical utterance length and batch size, so that
+the bare step sees the same batch shape. --json FILE appends the figures as one JSON line (bench/gpu_throughput.sh
+gathers them into one table).
 
     python bench/train_throughput.py                      # small model, 4 x 2 s batches: runs on a laptop CPU
-    python bench/train_throughput.py --preset ds2         # DS2: 2 conv + 5 biGRU(768), bf16, 32 x 15 s, GPU
+    python bench/train_throughput.py --preset ds2         # DS2: 2 conv + 5 biGRU(768), bf16, 64 x 15 s, GPU
+    python bench/train_throughput.py --preset ds2 --batch 256 --modes device
     python bench/train_throughput.py --manifest data/train.jsonl --preset ds2 --steps 50
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import resource
@@ -36,12 +43,13 @@ sys.path.insert(0, str(ROOT))
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough for a CPU: a 2-layer biGRU(128) DS2, batches of 4 utterances of 2 s.
     "small": {"model": {"conv_layers": 2, "conv_channels": 8, "rnn_layers": 2, "rnn_hidden": 128},
-              "seconds": 2.0, "batch": 4, "steps": 4, "warmup": 2, "workers": 1, "precision": "auto"},
+              "seconds": 2.0, "batch": 4, "steps": 10, "warmup": 2, "workers": 1, "precision": "auto"},
     # The reference: DeepSpeech2 with 2 conv + 5 bidirectional GRU(768) layers (model.preset "medium"), bf16,
-    # batches of 32 utterances of 15 s.
-    "ds2": {"model": {"preset": "medium"}, "seconds": 15.0, "batch": 32, "steps": 20, "warmup": 3, "workers": 8,
+    # batches of 64 (or --batch 256) utterances of 15 s.
+    "ds2": {"model": {"preset": "medium"}, "seconds": 15.0, "batch": 64, "steps": 20, "warmup": 3, "workers": 12,
             "precision": "bf16"},
 }
+MODES = ("workers", "device")
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -104,7 +112,7 @@ def bare_step(cfg: Any, vocab: int, batch: int, seconds: float, steps: int, warm
 
     torch.manual_seed(0)
     model = build_model(cfg, cfg.features.n_mels, vocab).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda" or None)
     frames = int(seconds * 1000 / cfg.features.hop_ms)
     tokens = min(int(seconds * 10), frames // (2 * model.time_reduction))  # ~10 characters a second
     feats = torch.randn(batch, frames, cfg.features.n_mels, device=device)
@@ -115,7 +123,7 @@ def bare_step(cfg: Any, vocab: int, batch: int, seconds: float, steps: int, warm
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for i in range(warmup + steps):
         if i == warmup:
-            reset_memory(device)
+            reset_memory(device)  # waits for the device
             start = time.perf_counter()
         with autocast:
             loss = model.loss(data)
@@ -127,20 +135,53 @@ def bare_step(cfg: Any, vocab: int, batch: int, seconds: float, steps: int, warm
     return batch * seconds * steps / (time.perf_counter() - start)
 
 
+def end_to_end(overrides: dict[str, Any], data: Path, exp: Path, warmup: int, steps: int, device: Any) -> float:
+    """Audio seconds per second of `fit` from the end of optimiser step `warmup` to the end of the last one."""
+    from asrkit import train
+    from asrkit.config import build_config
+
+    marks: list[tuple[float, float]] = []  # (time, audio seconds trained) after each optimiser step
+    real_step = train._Loop._step  # wrapped to read the clock between steps (a benchmark may look inside)
+
+    def timed_step(loop: Any, loaded: Any) -> Any:
+        out = real_step(loop, loaded)  # ends on a host read of the loss: the device has finished the step
+        marks.append((time.perf_counter(), loop.audio_seconds))
+        if len(marks) == warmup:
+            reset_memory(device)
+        return out
+
+    train._Loop._step = timed_step  # type: ignore[method-assign,assignment]
+    try:
+        cfg = build_config({**overrides, "train": {**overrides["train"], "max_steps": warmup + steps}})
+        train.fit(cfg, data, exp, progress=False)
+    finally:
+        train._Loop._step = real_step  # type: ignore[method-assign]
+    (t0, a0), (t1, a1) = marks[warmup - 1], marks[-1]
+    return (a1 - a0) / (t1 - t0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--manifest", type=Path, help="JSONL manifest to train on (default: generated wav files)")
     parser.add_argument("--seconds", type=float, help="length of generated utterances and of the bare batch")
-    parser.add_argument("--batch", type=int, help="utterances per batch")
+    parser.add_argument("--batch", type=int, help="utterances per batch (ds2: 64 by default; the reference: 256)")
     parser.add_argument("--steps", type=int, help="timed optimiser steps")
-    parser.add_argument("--warmup", type=int, help="untimed optimiser steps first")
+    parser.add_argument("--warmup", type=int, help="untimed optimiser steps first (at least 1)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (train.num_workers)")
+    parser.add_argument("--modes", default=",".join(MODES), help="feature modes to run end to end: workers,device")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare model step")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the trainer's choice, the cores less one per loader worker)")
+    parser.add_argument("--json", type=Path, help="append the figures to this file as one JSON line")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more config: model.rnn_hidden=512")
     args = parser.parse_args()
     p = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items() if v is not None and k in PRESETS["small"]}}
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes {args.modes!r}: a comma-separated list of {', '.join(MODES)}")
+    p["warmup"] = max(1, p["warmup"])
 
     import torch
 
@@ -149,12 +190,14 @@ def main() -> None:
     from asrkit.data.manifest import read_manifest, write_manifest
     from asrkit.data.tokenizer import train_tokenizer
     from asrkit.models import build_model
-    from asrkit.train import fit
+    from asrkit.train import _set_cpu_threads
     from asrkit.transcribe import pick_device
 
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    else:  # the trainer's rule on a CPU (a core per loader worker), for the bare step too
+        _set_cpu_threads(device, p["workers"], 1)
     if p["precision"] == "auto" or (device.type == "cpu" and p["precision"] == "bf16"):
         p["precision"] = "bf16" if device.type == "cuda" else "fp32"  # bf16 autocast on a CPU: nothing useful
     overrides: dict[str, dict[str, Any]] = {
@@ -165,6 +208,7 @@ def main() -> None:
     for section, values in parse_sets(args.sets).items():
         overrides.setdefault(section, {}).update(values)
     cfg = build_config(overrides)
+    rows: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory(prefix="asrkit-train-bench-") as tmp:
         folder = Path(tmp)
         if args.manifest is None:
@@ -177,31 +221,43 @@ def main() -> None:
         params = sum(t.numel() for t in build_model(cfg, cfg.features.n_mels, vocab).parameters())
         sampler = DurationBatchSampler([u.duration for u in utts], cfg.train.batch_seconds, cfg.train.max_batch_size,
                                        seed=cfg.train.seed)
-        bare = bare_step(cfg, vocab, p["batch"], p["seconds"], p["steps"], p["warmup"], device)
-        bare_mem = peak_memory(device)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        train = overrides["train"]
-        fit(build_config({**overrides, "train": {**train, "max_steps": p["warmup"]}}), data, folder / "exp",
-            progress=False)
-        reset_memory(device)
-        timed = fit(build_config({**overrides, "train": {**train, "max_steps": p["warmup"] + p["steps"]}}), data,
-                    folder / "exp", resume=True, progress=False)
-        e2e = timed.audio_seconds / timed.train_seconds
+        bare = 0.0
+        if not args.no_bare:
+            bare = bare_step(cfg, vocab, p["batch"], p["seconds"], p["steps"], p["warmup"], device)
+            rows.append(("bare model step", bare, peak_memory(device)))
+        for mode in modes:
+            gc.collect()  # the previous model, optimiser and loader workers
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            mode_overrides = {**overrides, "train": {**overrides["train"], "features_on": mode}}
+            rate = end_to_end(mode_overrides, data, folder / f"exp-{mode}", p["warmup"], p["steps"], device)
+            rows.append((f"asrkit, features {'on device' if mode == 'device' else 'in workers'}", rate,
+                         peak_memory(device)))
     m = cfg.model
     print(f"# device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} torch threads), precision {p['precision']}, preset {args.preset}")
+          f"{torch.get_num_threads()} torch threads), torch {torch.__version__}, precision {p['precision']}, "
+          f"preset {args.preset}{', train.compile' if cfg.train.compile else ''}")
     print(f"# model {m.family}: {m.conv_layers} conv x {m.conv_channels} ch + {m.rnn_layers} x "
           f"{'bi' if m.bidirectional else ''}{m.rnn_type.upper()}({m.rnn_hidden}), {params / 1e6:.1f} M parameters, "
           f"{cfg.features.n_mels} mels")
-    print(f"# batches of {p['batch']} x {p['seconds']:g} s; {timed.steps - p['warmup']} timed steps after "
-          f"{p['warmup']}; "
+    print(f"# batches of {p['batch']} x {p['seconds']:g} s; {p['steps']} timed steps after {p['warmup']}; "
           f"{len(utts)} utterances from {args.manifest or 'generated wav files'}; {p['workers']} loader workers")
-    print(f"{'':24}{'audio s / s':>12}{'x bare':>8}   peak memory")
-    print(f"{'bare model step':24}{bare:12.1f}{1.0:8.2f}   {bare_mem}")
-    print(f"{'asrkit end to end':24}{e2e:12.1f}{e2e / bare:8.2f}   {peak_memory(device)}")
-    print(f"padding fraction of the batches: {sampler.padding_fraction(0):.1%} (epoch 0, sorted), "
-          f"{sampler.padding_fraction(1):.1%} (later epochs, shuffled)")
+    print(f"{'':30}{'audio s / s':>12}{'x bare':>8}   peak memory")
+    for name, rate, memory in rows:
+        ratio = f"{rate / bare:8.2f}" if bare else f"{'-':>8}"
+        print(f"{name:30}{rate:12.1f}{ratio}   {memory}")
+    padding = (sampler.padding_fraction(0), sampler.padding_fraction(1))
+    print(f"padding fraction of the batches: {padding[0]:.1%} (epoch 0, sorted), "
+          f"{padding[1]:.1%} (later epochs, shuffled)")
+    if args.json:
+        record = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+                  "torch": torch.__version__, "preset": args.preset, "batch": p["batch"], "seconds": p["seconds"],
+                  "params_m": round(params / 1e6, 1), "precision": p["precision"], "workers": p["workers"],
+                  "compile": cfg.train.compile, "padding": round(padding[0], 4),
+                  "rows": [{"name": n, "audio_s_per_s": round(r, 1), "x_bare": round(r / bare, 3) if bare else None,
+                            "memory": mem} for n, r, mem in rows]}
+        with args.json.open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

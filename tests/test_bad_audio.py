@@ -186,7 +186,7 @@ def test_train_skips_unreadable_and_overlong_utterances(corpus: Path, prepared: 
     result = CliRunner().invoke(app, [*args, *(a for s in TINY_SETS for a in ("--set", s))])
     assert "Traceback" not in result.output
     assert result.exit_code == EXIT_PARTIAL, result.output
-    assert "steps, 1 epochs" in result.output and (exp / "last.pt").is_file()
+    assert "steps, 1 epoch" in result.output and (exp / "last.pt").is_file()
 
     skipped = dict(line.split("\t", 1) for line in (exp / "skipped.tsv").read_text(encoding="utf-8").splitlines()[1:])
     assert set(skipped) == {"hour"} | {Path(c.name).stem for c in [*BAD, MISSING]}

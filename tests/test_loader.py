@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from asrkit.config import FeatureConfig
 from asrkit.data.features import Featurizer
-from asrkit.data.loader import DurationBatchSampler, Item, SpeechDataset, collate, make_loader
+from asrkit.data.loader import DurationBatchSampler, Item, SpeechDataset, WaveItem, collate, make_loader
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.errors import AsrkitError
 from asrkit.records import Batch, Utterance
@@ -305,3 +305,39 @@ def plain_wave(utt: Utterance) -> torch.Tensor:
     from asrkit.data.audio import load_audio
 
     return load_audio(Path(utt.audio_filepath), SR)
+
+
+@pytest.mark.parametrize("waveforms", [False, True])
+def test_persistent_workers_augment_each_epoch_like_the_main_process(corpus: list[Utterance], waveforms: bool) -> None:
+    """A persistent worker keeps the dataset it started with (set_epoch never reaches it): the epoch travels
+    with the indices, so epoch 1 is augmented as epoch 1, as in the main process."""
+    tok = CharTokenizer.train(u.text for u in corpus)
+    ds = SpeechDataset(corpus, featurizer(noise_prob=1.0, time_mask_ratio=0.3), tok, augment=True, seed=4,
+                       waveforms=waveforms)
+    sampler = DurationBatchSampler([u.duration for u in corpus], 10.0, 2, seed=0)
+    persistent = make_loader(ds, sampler, num_workers=1, persistent_workers=True)
+    plain = make_loader(ds, sampler, num_workers=0)
+    seen = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        got, ref = list(persistent), list(plain)
+        assert [b.ids for b in got] == [b.ids for b in ref]
+        for a, b in zip(got, ref, strict=True):
+            data_a, data_b = (a.waves, b.waves) if waveforms else (a.feats, b.feats)
+            assert torch.equal(data_a, data_b)
+        seen.append(got)
+    first = {i: t for b in seen[0] for i, t in zip(b.ids, b.waves if waveforms else b.feats, strict=True)}
+    second = {i: t for b in seen[1] for i, t in zip(b.ids, b.waves if waveforms else b.feats, strict=True)}
+    assert any(not torch.equal(first[i], second[i]) for i in first)  # a new epoch, new noise
+
+
+def test_waveform_items_carry_frames_and_masks(corpus: list[Utterance]) -> None:
+    feat = featurizer(time_mask_ratio=0.3)
+    ds = SpeechDataset(corpus, feat, None, augment=True, waveforms=True)
+    item = ds[1]
+    n = int(0.8 * SR)
+    assert isinstance(item, WaveItem) and item.frames == feat.num_frames(n)
+    assert item.wave.shape == (n + feat.n_fft,)  # reflected by n_fft // 2 at both ends
+    assert item.masks.shape == (feat.cfg.freq_masks + feat.cfg.time_masks, 3)
+    assert SpeechDataset(corpus, feat, None, waveforms=True)[1].masks.shape == (0, 3)  # no augmentation

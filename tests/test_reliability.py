@@ -90,14 +90,16 @@ def _train_cmd(data: Path, exp: Path, config: Path, resume: bool) -> list[str]:
     return cmd + (["--resume"] if resume else [])
 
 
-def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("features_on", "spec_augment"), [("workers", "false"), ("device", "true")])
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path: Path, features_on: str,
+                                                                        spec_augment: str) -> None:
     data = make_data(tmp_path)
     config = tmp_path / "tiny.toml"
     config.write_text(
         "[model]\nconv_layers = 1\nconv_channels = 4\nrnn_layers = 1\nrnn_hidden = 32\n"
-        "[features]\nn_mels = 40\nspec_augment = false\n"
+        f"[features]\nn_mels = 40\nspec_augment = {spec_augment}\n"
         "[train]\nepochs = 3\nlr = 3e-3\nwarmup_steps = 2\nbatch_seconds = 0.7\nnum_workers = 0\n"
-        "save_every_steps = 1\nseed = 3\n")
+        f"save_every_steps = 1\nseed = 3\nfeatures_on = \"{features_on}\"\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(data, straight, config, False), check=True, env=env, capture_output=True)

@@ -24,9 +24,9 @@ class Featurizer:
         self.cfg = cfg
         self.win_length = round(cfg.sample_rate * cfg.win_ms / 1000)
         self.hop_length = round(cfg.sample_rate * cfg.hop_ms / 1000)
-        n_fft = 1 << max(self.win_length - 1, 1).bit_length()
+        self.n_fft = 1 << max(self.win_length - 1, 1).bit_length()
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=n_fft, win_length=self.win_length,
+            sample_rate=cfg.sample_rate, n_fft=self.n_fft, win_length=self.win_length,
             hop_length=self.hop_length, n_mels=cfg.n_mels, center=True, power=2.0,
         )
         self.mean = mean
@@ -79,18 +79,35 @@ class Featurizer:
 
 def spec_augment(feats: torch.Tensor, cfg: FeatureConfig, rng: random.Random) -> torch.Tensor:
     """SpecAugment (Park et al. 2019) frequency and time masks on (T, F); masked values become 0 (the mean)."""
-    feats = feats.clone()
-    num_frames, num_bins = feats.shape
+    masks = draw_masks(feats.shape[0], feats.shape[1], cfg, rng)
+    return apply_masks(feats[None], masks[None])[0]
+
+
+def draw_masks(num_frames: int, num_bins: int, cfg: FeatureConfig, rng: random.Random) -> torch.Tensor:
+    """SpecAugment masks of one utterance as (freq_masks + time_masks, 3) rows (axis, start, width): axis 0 masks
+    mel bins, axis 1 frames. Drawn on the CPU (in a loader worker) and applied where the features are made."""
+    rows = []
     for _ in range(cfg.freq_masks):
         width = rng.randint(0, min(cfg.freq_mask_width, num_bins))
-        start = rng.randint(0, num_bins - width)
-        feats[:, start : start + width] = 0.0
+        rows.append((0, rng.randint(0, num_bins - width), width))
     max_time = min(cfg.time_mask_width, int(num_frames * cfg.time_mask_ratio))
     for _ in range(cfg.time_masks):
         width = rng.randint(0, max(max_time, 0))
-        start = rng.randint(0, num_frames - width)
-        feats[start : start + width, :] = 0.0
-    return feats
+        rows.append((1, rng.randint(0, num_frames - width), width))
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
+
+
+def apply_masks(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """feats (B, T, F) with the masks (B, K, 3) of `draw_masks` set to 0, batched (on any device); a new tensor."""
+    if masks.numel() == 0:
+        return feats.clone()
+    masks = masks.to(feats.device)
+    axis, start, end = masks[..., 0:1], masks[..., 1:2], masks[..., 1:2] + masks[..., 2:3]  # (B, K, 1) each
+    frames = torch.arange(feats.shape[1], device=feats.device)
+    bins = torch.arange(feats.shape[2], device=feats.device)
+    in_time = ((axis == 1) & (frames >= start) & (frames < end)).any(1)  # (B, T)
+    in_freq = ((axis == 0) & (bins >= start) & (bins < end)).any(1)  # (B, F)
+    return feats.masked_fill(in_time[:, :, None] | in_freq[:, None, :], 0.0)
 
 
 class NoiseSource:

@@ -1,4 +1,5 @@
-"""Dataset, collate -> Batch, and the SortaGrad + duration-bucketed batch sampler."""
+"""Dataset, collate -> Batch (or WaveBatch: waveforms whose features the trainer makes on the device), and the
+SortaGrad + duration-bucketed batch sampler."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asrkit.data.audio import load_audio
-from asrkit.data.features import Featurizer, NoiseSource, spec_augment
+from asrkit.data.device_features import WaveBatch, centre_pad
+from asrkit.data.features import Featurizer, NoiseSource, draw_masks, spec_augment
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.records import Batch, Utterance
@@ -26,17 +28,34 @@ class Item:
     error: str = ""  # why the audio could not be loaded; such an item is left out of the batch
 
 
-class SpeechDataset(Dataset[Item]):
-    """Utterances -> features and token ids. Augmentation is seeded by (seed, epoch, index): reproducible
-    whatever the number of workers."""
+@dataclass
+class WaveItem:
+    """An utterance whose features are made later, on the training device (`DeviceFeaturizer`)."""
+
+    id: str
+    wave: torch.Tensor  # (S,) centre-padded for the STFT (device_features.centre_pad)
+    frames: int  # feature frames it gives (T)
+    masks: torch.Tensor  # (K, 3) SpecAugment masks to apply to its features; K = 0 without augmentation
+    targets: torch.Tensor  # (U,)
+    text: str
+    error: str = ""  # why the audio could not be loaded; such an item is left out of the batch
+
+
+class SpeechDataset(Dataset[Item | WaveItem]):
+    """Utterances -> features (or, with `waveforms`, decoded audio: `WaveItem`) and token ids.
+
+    Augmentation is seeded by (seed, epoch, index): reproducible whatever the number of workers, and the same in
+    both modes (noise on the waveform, then the SpecAugment masks, from one RNG). An index may come as
+    (epoch, index), as `make_loader` sends it: persistent workers never see a later `set_epoch`."""
 
     def __init__(self, utts: Sequence[Utterance], featurizer: Featurizer, tokenizer: Tokenizer | None,
-                 augment: bool = False, seed: int = 0, manifest: str = "manifest") -> None:
+                 augment: bool = False, seed: int = 0, manifest: str = "manifest", waveforms: bool = False) -> None:
         self.utts = list(utts)
         self.featurizer = featurizer
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.waveforms = waveforms
         self.noise = NoiseSource(featurizer.cfg) if augment and featurizer.cfg.noise_prob > 0 else None
         self.targets: list[list[int]] = []
         if tokenizer is not None:
@@ -56,20 +75,29 @@ class SpeechDataset(Dataset[Item]):
     def __len__(self) -> int:
         return len(self.utts)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item | WaveItem:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         utt = self.utts[index]
+        cfg = self.featurizer.cfg
+        targets = torch.tensor(self.targets[index] if self.targets else [], dtype=torch.long)
         try:
-            wave = load_audio(utt.audio_filepath, self.featurizer.cfg.sample_rate)
+            wave = load_audio(utt.audio_filepath, cfg.sample_rate)
         except AudioError as err:
-            empty = torch.zeros(0, self.featurizer.cfg.n_mels)
-            return Item(utt.id, empty, torch.zeros(0, dtype=torch.long), utt.text, error=str(err))
-        rng = random.Random(hash((self.seed, self.epoch, index)))
+            if self.waveforms:
+                return WaveItem(utt.id, torch.zeros(0), 0, torch.zeros(0, 3, dtype=torch.long), targets, utt.text,
+                                error=str(err))
+            return Item(utt.id, torch.zeros(0, cfg.n_mels), targets, utt.text, error=str(err))
+        rng = random.Random(hash((self.seed, epoch, index)))
         if self.noise is not None:
             wave = self.noise(wave, rng)
+        spec_aug = self.augment and cfg.spec_augment
+        if self.waveforms:
+            frames = self.featurizer.num_frames(len(wave))
+            masks = draw_masks(frames, cfg.n_mels, cfg, rng) if spec_aug else torch.zeros(0, 3, dtype=torch.long)
+            return WaveItem(utt.id, centre_pad(wave, self.featurizer.n_fft), frames, masks, targets, utt.text)
         feats = self.featurizer(wave)
-        if self.augment and self.featurizer.cfg.spec_augment:
-            feats = spec_augment(feats, self.featurizer.cfg, rng)
-        targets = torch.tensor(self.targets[index] if self.targets else [], dtype=torch.long)
+        if spec_aug:
+            feats = spec_augment(feats, cfg, rng)
         return Item(utt.id, feats, targets, utt.text)
 
 
@@ -90,6 +118,30 @@ def collate(items: Sequence[Item]) -> Batch:
         feats[i, : it.feats.shape[0]] = it.feats
         targets[i, : len(it.targets)] = it.targets
     return Batch([it.id for it in items], feats, feat_lens, targets, target_lens, [it.text for it in items], failed)
+
+
+def collate_waves(items: Sequence[WaveItem]) -> WaveBatch:
+    """Pad the centre-padded waveforms to the longest with zeros: waves (B, S), masks (B, K, 3), targets (B, U).
+
+    Items whose audio failed to load are left out and listed in `WaveBatch.failed`; B can then be 0."""
+    failed = [(it.id, it.error) for it in items if it.error]
+    items = [it for it in items if not it.error]
+    long = torch.long
+    if not items:
+        empty = torch.zeros(0, dtype=long)
+        return WaveBatch([], torch.zeros(0, 0), empty, torch.zeros(0, 0, 3, dtype=long),
+                         torch.zeros(0, 1, dtype=long), empty, [], failed)
+    target_lens = torch.tensor([len(it.targets) for it in items], dtype=long)
+    waves = torch.zeros(len(items), max(len(it.wave) for it in items))
+    masks = torch.zeros(len(items), max(len(it.masks) for it in items), 3, dtype=long)  # width 0: no mask
+    targets = torch.zeros(len(items), max(int(target_lens.max()), 1), dtype=long)
+    for i, it in enumerate(items):
+        waves[i, : len(it.wave)] = it.wave
+        masks[i, : len(it.masks)] = it.masks
+        targets[i, : len(it.targets)] = it.targets
+    feat_lens = torch.tensor([it.frames for it in items], dtype=long)
+    return WaveBatch([it.id for it in items], waves, feat_lens, masks, targets, target_lens, [it.text for it in items],
+                     failed)
 
 
 class DurationBatchSampler(Sampler[list[int]]):
@@ -159,8 +211,29 @@ class DurationBatchSampler(Sampler[list[int]]):
         return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
 
 
-def make_loader(dataset: Dataset[Item], sampler: Sampler[list[int]], num_workers: int,
-                pin_memory: bool = False) -> DataLoader[Item]:
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False,
-                      prefetch_factor=4 if num_workers > 0 else None)
+class _EpochKeys(Sampler[list[tuple[int, int]]]):
+    """The sampler's batches as (epoch, index) keys: the epoch that seeds augmentation travels with every index,
+    so persistent workers (whose copy of the dataset never sees `set_epoch`) augment like fresh ones."""
+
+    def __init__(self, sampler: DurationBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def make_loader(dataset: SpeechDataset, sampler: DurationBatchSampler, num_workers: int, pin_memory: bool = False,
+                persistent_workers: bool = False) -> DataLoader[Any]:
+    """Batches (`Batch`, or `WaveBatch` for a dataset of waveforms). Iterate it once per epoch, after
+    `sampler.set_epoch`. `pin_memory`: page-locked batches, for non-blocking copies to a GPU; `persistent_workers`:
+    the worker processes live on from one epoch (one `iter()`) to the next."""
+    return DataLoader(dataset, batch_sampler=_EpochKeys(sampler),  # type: ignore[arg-type]
+                      collate_fn=collate_waves if dataset.waveforms else collate,  # type: ignore[arg-type]
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=persistent_workers and num_workers > 0,
+                      prefetch_factor=2 if num_workers > 0 else None)
