@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrkit.data.audio import _check_file, _reason, load_audio, resample
+from asrkit.data.audio import _reason, load_audio, open_audio, resample, to_mono
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.records import Hypothesis, Utterance, WordTiming
 
@@ -49,14 +49,7 @@ def check_segment_seconds(seconds: float) -> None:
 def find_cuts(path: str | Path, segment_seconds: float) -> tuple[list[tuple[float, float]], int]:
     """Cut a recording into (offset, duration) spans in seconds of at most `segment_seconds` each, at pauses.
     Returns the spans and the file's sample rate. Reads the file once, in blocks; raises AudioError when it cannot."""
-    import soundfile as sf
-
-    _check_file(path, "cannot read audio")
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception as err:
-        raise AudioError(path, f"cannot read audio ({_reason(err)})") from None
-    with f:
+    with open_audio(path, "cannot read audio") as f:
         sr = int(f.samplerate)
         frame = max(1, round(sr * FRAME_SECONDS))
         seg_frames = int(segment_seconds / FRAME_SECONDS)
@@ -139,11 +132,9 @@ def load_utterance(utt: Utterance, sample_rate: int) -> torch.Tensor:
 
 def load_span(path: str | Path, offset: float, duration: float, sample_rate: int) -> torch.Tensor:
     """Samples [offset, offset + duration) seconds of a file, mono float32 at `sample_rate`."""
-    import soundfile as sf
-
-    _check_file(path, "cannot read audio")
+    f = open_audio(path, "cannot read audio")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with f:
             sr = int(f.samplerate)
             first = round(offset * sr)
             if first > f.frames:
@@ -154,13 +145,8 @@ def load_span(path: str | Path, offset: float, duration: float, sample_rate: int
         raise
     except Exception as err:
         raise AudioError(path, f"cannot decode audio at {offset:.2f} s ({_reason(err)})") from None
-    if data.shape[0] == 0:
-        raise AudioError(path, f"no samples at {offset:.2f} s")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise AudioError(path, f"audio contains NaN or infinite samples between {offset:.2f} and "
-                               f"{offset + duration:.2f} s")
-    return resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, sample_rate)
+    where = f" between {offset:.2f} and {offset + duration:.2f} s"
+    return resample(to_mono(path, data, where), sr, sample_rate)
 
 
 def stitch(parts: Sequence[tuple[Utterance, Hypothesis]], parent: Utterance) -> Hypothesis:

@@ -12,6 +12,7 @@ import re
 import stat
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +26,7 @@ def audio_info(path: str | Path, *, check_end: bool = True) -> tuple[float, int]
     """(duration in seconds, sample rate) from the header. With `check_end`, the last few milliseconds are
     decoded too (cheap: one seek), so a file cut short after its header (a truncated FLAC download) fails
     here with a clear reason rather than later, while training or decoding."""
-    import soundfile as sf
-
-    _check_file(path, "cannot read audio")
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception as err:  # libsndfile raises a plain RuntimeError/LibsndfileError
-        raise AudioError(path, f"cannot read audio ({_reason(err)})") from None
-    with f:
+    with open_audio(path, "cannot read audio") as f:
         frames, rate = int(f.frames), int(f.samplerate)
         if frames <= 0 or rate <= 0:
             raise AudioError(path, "audio has no samples")
@@ -52,27 +46,35 @@ def audio_info(path: str | Path, *, check_end: bool = True) -> tuple[float, int]
 
 def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """Decode with soundfile, down-mix to mono, resample to `sample_rate`. Returns (samples,) float32."""
-    import soundfile as sf
-
-    _check_file(path, "cannot decode audio")
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception as err:
-        raise AudioError(path, f"cannot decode audio ({_reason(err)})") from None
-    with f:
+    with open_audio(path, "cannot decode audio") as f:
         sr = int(f.samplerate)
         try:
             data = f.read(dtype="float32", always_2d=True)
         except Exception as err:
             raise AudioError(path, f"cannot decode audio: truncated or damaged data after the header "
                                    f"({_reason(err)}); copy or download it again") from None
+    return resample(to_mono(path, data), sr, sample_rate)
+
+
+def open_audio(path: str | Path, failure: str) -> Any:
+    """An open soundfile.SoundFile, or AudioError naming the file and `failure` with libsndfile's reason."""
+    import soundfile as sf
+
+    _check_file(path, failure)
+    try:
+        return sf.SoundFile(str(path))
+    except Exception as err:  # libsndfile raises a plain RuntimeError/LibsndfileError
+        raise AudioError(path, f"{failure} ({_reason(err)})") from None
+
+
+def to_mono(path: str | Path, data: np.ndarray, where: str = "") -> torch.Tensor:
+    """(frames, channels) samples -> (frames,) float32 mono; AudioError when empty or not finite."""
     if data.shape[0] == 0:
-        raise AudioError(path, "audio has no samples")
+        raise AudioError(path, f"audio has no samples{where}")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
-        raise AudioError(path, "audio contains NaN or infinite samples")
-    wave = torch.from_numpy(np.ascontiguousarray(mono))
-    return resample(wave, sr, sample_rate)
+        raise AudioError(path, f"audio contains NaN or infinite samples{where}")
+    return torch.from_numpy(np.ascontiguousarray(mono))
 
 
 def _check_file(path: str | Path, failure: str) -> None:
