@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import needs_kenlm_tools
 
 from asrkit import lm as lmlib
 from asrkit import lm_build as lmbuild
@@ -128,16 +129,7 @@ def test_packages_missing_give_the_install_hint(monkeypatch: pytest.MonkeyPatch)
         lmlib.require_flashlight()
 
 
-def _lmplz_found() -> bool:
-    try:
-        lmbuild.find_tool("lmplz")
-        lmbuild.find_tool("build_binary")
-    except AsrkitError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _lmplz_found(), reason="KenLM's lmplz / build_binary not installed (make kenlm)")
+@needs_kenlm_tools
 def test_build_writes_arpa_binary_and_word_list(tmp_path: Path) -> None:
     pytest.importorskip("kenlm")
     text = tmp_path / "digits.txt"
@@ -158,7 +150,7 @@ def test_build_writes_arpa_binary_and_word_list(tmp_path: Path) -> None:
     assert pruned.binary.is_file()
 
 
-@pytest.mark.skipif(not _lmplz_found(), reason="KenLM's lmplz / build_binary not installed (make kenlm)")
+@needs_kenlm_tools
 def test_lmplz_failure_is_reported(tmp_path: Path) -> None:
     text = tmp_path / "one.txt"
     text.write_text("word\n")

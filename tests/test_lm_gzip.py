@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_kenlm_tools
 from hypothesis import given
 from hypothesis import strategies as st
 from test_beam import ARPA, FRAME_SHIFT, VOCAB, bunny_emissions
@@ -26,16 +27,6 @@ BACKENDS = ["asrkit", pytest.param("flashlight", marks=pytest.mark.skipif(
     not lmlib.flashlight_available(), reason="flashlight-text not installed"))]
 
 
-def _tools() -> bool:
-    try:
-        lmbuild.find_tool("lmplz")
-        lmbuild.find_tool("build_binary")
-    except AsrkitError:
-        return False
-    return True
-
-
-needs_tools = pytest.mark.skipif(not _tools(), reason="KenLM's lmplz / build_binary not installed (make kenlm)")
 
 
 def gzipped(path: Path, text: str) -> Path:
@@ -54,7 +45,7 @@ def test_non_ascii_lines_take_the_full_normalisation() -> None:
         assert lmbuild._normalize_line(line) == normalize_text(line)
 
 
-@needs_tools
+@needs_kenlm_tools
 def test_lm_build_reads_librispeech_style_gzipped_text(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -68,7 +59,7 @@ def test_lm_build_reads_librispeech_style_gzipped_text(tmp_path: Path) -> None:
     assert not list((tmp_path / "lm").glob("asrkit-lm-*")), "no temporary corpus is left"
 
 
-@needs_tools
+@needs_kenlm_tools
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gzipped_upper_case_arpa_is_converted_once_and_decodes(tmp_path: Path, backend: str,
                                                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+from conftest import losses_of_steps
 
 from asrkit.config import Config, build_config
 from asrkit.data.tokenizer import BLANK, CharTokenizer
@@ -113,17 +114,7 @@ def test_loss_finite_and_gradients_reach_every_parameter(variant: dict) -> None:
 
 
 def test_training_step_reduces_loss() -> None:
-    model = make_model()
-    model.train()
-    batch = random_batch([32, 24], seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(4):
-        opt.zero_grad()
-        loss = model.loss(batch)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = losses_of_steps(make_model().train(), random_batch([32, 24], seed=3), 4)
     assert losses[-1] < losses[0]
 
 

@@ -32,14 +32,7 @@ from asrkit.stream import (
     stream_transcribe,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """Tiny per-frame LSTM steps are much slower with several threads on a busy CPU; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def featurizer(n_mels: int = 20, normalize: bool = True) -> Featurizer:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import FSDD_ASSETS
+from conftest import FSDD_ASSETS, losses_of_steps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,13 +27,7 @@ N_MELS = 20
 VOCAB = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """Tiny per-frame LSTM steps are much slower with several threads on a busy CPU; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = {"encoder_layers": 2, "encoder_hidden": 16, "predictor_embed": 8, "predictor_hidden": 16, "joint_dim": 12,
@@ -153,16 +147,7 @@ def test_sub_batches_cover_every_utterance_once_within_the_cap(enc_lens: list[in
 
 
 def test_training_steps_reduce_the_loss() -> None:
-    model = make_model().train()
-    batch = random_batch([32, 24], [3, 2], seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(5):
-        opt.zero_grad()
-        loss = model.loss(batch)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = losses_of_steps(make_model().train(), random_batch([32, 24], [3, 2], seed=3), 5)
     assert losses[-1] < losses[0]
 
 
