@@ -4,7 +4,8 @@ Set-up (manifests, tokenizer, feature statistics, model, optimiser) -> epochs of
 warm-up + per-epoch annealing, gradient accumulation, gradient clipping and bf16 autocast on CUDA -> dev
 WER/CER after each epoch -> `last.pt` (and `best.pt` on a new best dev WER, `epoch-<k>.pt` with
 train.keep_epochs) written atomically; train.patience stops early. A `last.pt` also holds the optimiser, the
-sampler position and the RNG states, so `resume=True` continues after a kill.
+sampler position and the RNG states, so `resume=True` continues after a kill. The set-up steps and the
+experiment folder are in experiment.py, the ranks' collectives in distributed.py.
 
 Under torchrun (WORLD_SIZE > 1 in the environment) every rank runs this same loop on its own share of the
 batches, through DistributedDataParallel. One optimiser step takes `accum_steps` batches on every rank, and
@@ -15,7 +16,6 @@ writes files and prints; the others receive what it decides.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import math
@@ -26,46 +26,27 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from asrkit import experiment
 from asrkit.average import epoch_checkpoints
 from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
-from asrkit.data.audio import load_audio
 from asrkit.data.device_features import DeviceFeaturizer, WaveBatch
 from asrkit.data.features import Featurizer
 from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
 from asrkit.data.manifest import read_manifest
-from asrkit.data.tokenizer import (
-    Tokenizer,
-    describe_unencodable,
-    find_unencodable,
-    tokenizer_from_dict,
-    train_tokenizer,
-)
-from asrkit.errors import AsrkitError, AudioError
+from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
+from asrkit.distributed import Group, restore_rng, rng_state
+from asrkit.errors import AsrkitError
 from asrkit.models import ASRModel, build_model
 from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance
-from asrkit.transcribe import decode_utterances, pick_device, score
-
-T = TypeVar("T")
-
-# Keys that may change when resuming; any other difference from the checkpoint's config is an error.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "device", "save_every_steps", "log_every_steps",
-                     "max_bad_steps", "accum_steps", "patience", "keep_epochs", "features_on", "compile"}
-# Rank 0 alone computes feature statistics and decodes dev while the other ranks wait for it.
-DIST_TIMEOUT = timedelta(hours=2)
-# DDP's argument that stops it copying rank 0's buffers to the others before every forward (renamed in torch 2.14).
-_DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
-_NO_BUFFER_SYNC: dict[str, Any] = {"forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS
-                                   else "broadcast_buffers": False}
+from asrkit.transcribe import decode_utterances, score
 
 
 @dataclass
@@ -85,35 +66,35 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
         progress: bool = True) -> FitResult:
     """Train on data_dir/train.jsonl (dev WER on data_dir/dev.jsonl when present) into exp_dir."""
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
-    _check_train_config(cfg)
-    train_utts, too_long = _drop_too_long(read_manifest(data_dir / "train.jsonl"), cfg.train.max_duration,
+    experiment.check_train_config(cfg)
+    train_utts, too_long = experiment.drop_too_long(read_manifest(data_dir / "train.jsonl"), cfg.train.max_duration,
                                           data_dir / "train.jsonl")
     dev_utts = read_manifest(data_dir / "dev.jsonl") if (data_dir / "dev.jsonl").is_file() else []
-    group = _Group.start(cfg.train.device)
+    group = Group.start(cfg.train.device)
     _set_cpu_threads(group.device, cfg.train.num_workers, group.world)
     if too_long and group.main:
         say(f"skipping {len(too_long)} training utterance(s) longer than train.max_duration = "
             f"{cfg.train.max_duration:g} s ({', '.join(list(too_long)[:3])}{' ...' if len(too_long) > 3 else ''}); "
             f"listed in {exp_dir / 'skipped.tsv'}")
     try:
-        group.from_main(lambda: _prepare_exp_dir(exp_dir, resume))
+        group.from_main(lambda: experiment.prepare_exp_dir(exp_dir, resume))
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # before the model is built: its initial weights depend on it
         if resume:
-            loaded = load_checkpoint(_last_checkpoint(exp_dir, group.rank), group.device)
-            cfg = _resumed_config(loaded.config, cfg)
+            loaded = load_checkpoint(experiment.last_checkpoint(exp_dir, group.rank), group.device)
+            cfg = experiment.resumed_config(loaded.config, cfg)
             tokenizer, featurizer, model, state = loaded.tokenizer, loaded.featurizer, loaded.model, loaded.state
         else:
-            tok, stats, skipped = group.from_main(lambda: _fit_data(cfg, train_utts, data_dir, progress))
+            tok, stats, skipped = group.from_main(lambda: experiment.fit_data(cfg, train_utts, data_dir, progress))
             tokenizer, featurizer = tokenizer_from_dict(tok), Featurizer(cfg.features, *stats)
             model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(group.device)
             state = {"skipped": {**too_long, **skipped}}
         if group.main:
-            _check_dev_text(tokenizer, dev_utts, data_dir)
+            experiment.check_dev_text(tokenizer, dev_utts, data_dir)
         optimizer = _make_optimizer(cfg, model)
         if "optimizer" in state:
             _load_optimizer(optimizer, state["optimizer"])
-            _restore_rng(state, group, cfg.train.seed)
+            restore_rng(state, group, cfg.train.seed)
         elif group.world > 1:
             torch.manual_seed(cfg.train.seed + group.rank)  # the same weights everywhere, different dropout masks
         if group.main:
@@ -132,7 +113,7 @@ class _Loop:
 
     def __init__(self, cfg: Config, model: ASRModel, optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
                  featurizer: Featurizer, train_utts: list[Utterance], dev_utts: list[Utterance], exp_dir: Path,
-                 group: _Group, state: dict[str, Any]) -> None:
+                 group: Group, state: dict[str, Any]) -> None:
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.tokenizer, self.featurizer = tokenizer, featurizer
         self.dev_utts, self.exp_dir, self.group, self.device = dev_utts, exp_dir, group, group.device
@@ -159,8 +140,8 @@ class _Loop:
         self.best_wer = float(state.get("best_wer", math.inf))
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
-        if self.skipped and group.main:
-            _write_lines(exp_dir / "skipped.tsv", ["id\treason"] + [f"{k}\t{v}" for k, v in self.skipped.items()])
+        if self.skipped:
+            self._write_skipped()
         self.nonfinite = int(state.get("nonfinite", 0))  # steps skipped for a non-finite loss, in all
         self.bad_steps = 0
         self.stopped_early = self._out_of_patience()
@@ -176,9 +157,7 @@ class _Loop:
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         self.compute_loss: Callable[[Batch], torch.Tensor] = model.loss
         if group.world > 1:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                _LossOf(model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **_NO_BUFFER_SYNC)  # BatchNorm statistics are averaged over ranks when saving instead
+            self.ddp = group.wrap(model)
             self.compute_loss = self.ddp
 
     def release(self) -> None:
@@ -331,9 +310,14 @@ class _Loop:
         for utt_id, reason in new:
             self.say(f"skipping {utt_id}: {reason}")
             self.skipped[utt_id] = reason
-        if new and self.group.main:
+        if new:
+            self._write_skipped()
+
+    def _write_skipped(self) -> None:
+        """EXP/skipped.tsv: every utterance left out so far, with the reason (rank 0 writes)."""
+        if self.group.main:
             lines = [f"{k}\t{v}" for k, v in self.skipped.items()]
-            _write_lines(self.exp_dir / "skipped.tsv", ["id\treason", *lines])
+            experiment.write_lines(self.exp_dir / "skipped.tsv", ["id\treason", *lines])
 
     def _end_epoch(self) -> None:
         self.group.average_buffers(self.model)  # BatchNorm statistics of all ranks, before dev is decoded
@@ -356,7 +340,7 @@ class _Loop:
                 (self.exp_dir / ".best.pt.tmp").replace(self.exp_dir / "best.pt")
             if self.cfg.train.keep_epochs:
                 self._keep_epoch()
-            _write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])
+            experiment.write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])
         dev = f" dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}" if "dev_wer" in record else ""
         self.say(f"epoch {record['epoch']} step {self.step}{dev}{' (best)' if improved else ''}")
         if self.stopped_early:
@@ -387,7 +371,7 @@ class _Loop:
     def _save(self, name: str, collective: bool = True) -> None:
         """Rank 0 writes; `collective` (every rank calls it): with the RNG states and BatchNorm statistics of all
         ranks. Not after an interrupt, when the other ranks may be anywhere."""
-        rng = _rng_state(self.device)
+        rng = rng_state(self.device)
         ranks = self.group.gather(rng) if collective and self.group.world > 1 else []
         if collective:
             self.group.average_buffers(self.model)
@@ -403,231 +387,11 @@ class _Loop:
                         featurizer=self.featurizer, model=self.model, train_state=state)
 
 
-class _LossOf(nn.Module):
-    """forward(batch) = model.loss(batch): what DistributedDataParallel wraps, so that it sees the loss."""
-
-    def __init__(self, model: ASRModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.model.loss(batch)
-
-
-class _Group:
-    """This process among torchrun's ranks (RANK, WORLD_SIZE, LOCAL_RANK in the environment), with the few
-    collectives the loop needs; alone (no torchrun, or one process) they cost nothing."""
-
-    def __init__(self, rank: int, world: int, device: torch.device, owned: bool = False) -> None:
-        self.rank, self.world, self.device, self.owned = rank, world, device, owned
-        self.main = rank == 0
-
-    @classmethod
-    def start(cls, device_name: str) -> _Group:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls(0, 1, pick_device(device_name))
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if device_name.startswith("cuda") and not torch.cuda.is_available():
-            raise AsrkitError(f"train.device {device_name!r}, but CUDA is not available here; use cpu")
-        cuda = device_name != "cpu" and torch.cuda.is_available()
-        if cuda and local_rank >= torch.cuda.device_count():
-            raise AsrkitError(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPU(s): start "
-                              "at most one process per GPU (torchrun --nproc-per-node)")
-        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")  # one GPU per rank
-        if cuda:
-            torch.cuda.set_device(device)
-        owned = not dist.is_initialized()
-        if owned:
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=DIST_TIMEOUT,
-                                    device_id=device if cuda else None)
-        return cls(rank, world, device, owned)
-
-    def sum(self, *values: float | torch.Tensor) -> list[float]:
-        """Each value summed over the ranks."""
-        if self.world == 1:
-            return [float(v) for v in values]
-        out = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
-        dist.all_reduce(out)
-        return out.tolist()
-
-    def from_main(self, fn: Callable[[], T]) -> T:
-        """fn() run on rank 0 only; its result, or its AsrkitError, is handed to every rank."""
-        if self.world == 1:
-            return fn()
-        box: list[Any] = [None]
-        if self.main:
-            try:
-                box = [("ok", fn())]
-            except AsrkitError as err:
-                box = [("error", str(err))]
-        dist.broadcast_object_list(box, src=0)
-        kind, value = box[0]
-        if kind == "error":
-            raise AsrkitError(value)
-        return value
-
-    def gather(self, obj: T) -> list[T]:
-        if self.world == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def average_buffers(self, model: nn.Module) -> None:
-        """Floating-point buffers (BatchNorm running statistics) := their mean over the ranks."""
-        if self.world == 1:
-            return
-        for buf in model.buffers():
-            if buf.is_floating_point():
-                dist.all_reduce(buf)
-                buf /= self.world
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owned and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _check_train_config(cfg: Config) -> None:
-    t = cfg.train
-    if t.features_on not in ("auto", "device", "workers"):
-        raise AsrkitError(f"unknown train.features_on {t.features_on!r}; valid: auto, device, workers")
-    for name, value, low in (("accum_steps", t.accum_steps, 1), ("patience", t.patience, 0),
-                             ("keep_epochs", t.keep_epochs, 0)):
-        if value < low:
-            raise AsrkitError(f"train.{name} = {value}: must be {low} or more")
-
-
 def _set_cpu_threads(device: torch.device, num_workers: int, world: int) -> None:
     """On the CPU, leave a core to each loader worker and share the rest between ranks: OpenMP threads that
     outnumber the cores spin against each other and run several times slower. OMP_NUM_THREADS wins."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, ((os.cpu_count() or 1) - num_workers * world) // max(world, 1)))
-
-
-def _prepare_exp_dir(exp_dir: Path, resume: bool) -> None:
-    if resume and not (exp_dir / "last.pt").is_file():
-        raise AsrkitError(f"--resume: {exp_dir / 'last.pt'} not found; start without --resume")
-    if not resume and (exp_dir / "last.pt").is_file():
-        raise AsrkitError(f"{exp_dir} already holds a trained model; continue it with --resume or choose a new --exp")
-    try:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        probe = exp_dir / ".write-test"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as err:
-        raise AsrkitError(f"cannot write to experiment folder {exp_dir}: {err.strerror}") from None
-
-
-def _last_checkpoint(exp_dir: Path, rank: int) -> Path:
-    path = exp_dir / "last.pt"
-    if not path.is_file():  # rank 0 has it (checked): this rank runs on another node
-        raise AsrkitError(f"--resume: rank {rank} does not see {path}; with several nodes, EXP must be on storage "
-                          "that every node mounts at the same path")
-    return path
-
-
-def _resumed_config(saved: Config, given: Config) -> Config:
-    old, new = saved.to_dict(), given.to_dict()
-    diffs = [f"{s}.{k}" for s in old for k in old[s] if old[s][k] != new[s][k]
-             and not (s == "train" and k in RESUMABLE_CHANGES)]
-    if diffs:
-        raise AsrkitError(f"--resume: config differs from the checkpoint's in {', '.join(diffs)}; resume with the "
-                          "same config or start a new --exp")
-    return given
-
-
-def _drop_too_long(utts: list[Utterance], max_duration: float,
-                   manifest: Path) -> tuple[list[Utterance], dict[str, str]]:
-    """The utterances no longer than `max_duration` seconds (0: all), and {id: reason} for the others: one
-    hour of audio in a batch would exhaust memory rather than teach the model anything."""
-    if max_duration < 0:
-        raise AsrkitError(f"train.max_duration = {max_duration}: must be 0 (no limit) or more seconds")
-    if not max_duration:
-        return utts, {}
-    kept = [u for u in utts if u.duration <= max_duration]
-    too_long = {u.id: f"{u.duration:.1f} s is longer than train.max_duration = {max_duration:g} s; cut the "
-                      "recording into shorter utterances or raise train.max_duration" for u in utts
-                if u.duration > max_duration}
-    if not kept:
-        raise AsrkitError(f"{manifest}: all {len(utts)} utterance(s) are longer than train.max_duration = "
-                          f"{max_duration:g} s; raise train.max_duration (0: no limit) or cut the audio shorter")
-    return kept, too_long
-
-
-def _fit_data(cfg: Config, utts: list[Utterance], data_dir: Path,
-              progress: bool) -> tuple[dict[str, Any], tuple[Any, Any], dict[str, str]]:
-    """Tokenizer and feature statistics from the training set (rank 0 alone), as plain values to hand out."""
-    skipped: dict[str, str] = {}
-    tokenizer = _train_tokenizer(cfg, utts, data_dir)
-    featurizer = _fit_featurizer(cfg, utts, progress, skipped)
-    return tokenizer.to_dict(), (featurizer.mean, featurizer.std), skipped
-
-
-def _train_tokenizer(cfg: Config, utts: list[Utterance], data_dir: Path) -> Tokenizer:
-    empty = [u.id for u in utts if not u.text.strip()]
-    if empty:
-        raise AsrkitError(f"{data_dir / 'train.jsonl'}: empty transcript in {', '.join(empty[:5])}"
-                          f"{' ...' if len(empty) > 5 else ''}; remove these lines or add their text")
-    return train_tokenizer(cfg.tokenizer.kind, [u.text for u in utts], cfg.tokenizer.vocab_size)
-
-
-def _check_dev_text(tokenizer: Tokenizer, dev_utts: list[Utterance], data_dir: Path) -> None:
-    bad = find_unencodable(tokenizer, dev_utts)
-    if bad:
-        say(f"warning: {data_dir / 'dev.jsonl'}: characters never seen in training (they count as errors in "
-            f"dev WER): {describe_unencodable(bad)}")
-
-
-def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped: dict[str, str]) -> Featurizer:
-    """Mean/variance statistics over the training set (every utterance; it is one cheap pass).
-    Unreadable audio is recorded in `skipped` (and said once) instead of stopping the run."""
-    featurizer = Featurizer(cfg.features)
-    if cfg.features.normalize:
-        with Progress("feature statistics", len(utts), enabled=progress) as bar:
-            def waves() -> Any:
-                for utt in utts:
-                    bar.advance(1)
-                    try:
-                        yield load_audio(utt.audio_filepath, cfg.features.sample_rate)
-                    except AudioError as err:
-                        say(f"skipping {utt.id}: {err}")
-                        skipped[utt.id] = str(err)
-            featurizer.fit_stats(waves())
-    return featurizer
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()), "cuda": cuda}
-
-
-def _restore_rng(state: dict[str, Any], group: _Group, seed: int) -> None:
-    """This rank's RNG states from the checkpoint; a rank without one (an interrupt's save, another world
-    size) is re-seeded, so its dropout masks differ from the uninterrupted run's."""
-    ranks = state.get("rng_ranks") or []
-    if len(ranks) == group.world and group.world > 1:
-        own = ranks[group.rank]
-    elif group.main:
-        own = {"torch": state["rng_torch"], "python": state["rng_python"], "cuda": state.get("rng_cuda")}
-    else:
-        torch.manual_seed(seed + group.rank + 7919 * int(state.get("step", 0)))
-        return
-    torch.set_rng_state(own["torch"])
-    random.setstate(_as_tuple(own["python"]))
-    if own.get("cuda") is not None and group.device.type == "cuda":
-        torch.cuda.set_rng_state(own["cuda"], group.device)
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    """Rewrite a small text file atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _make_optimizer(cfg: Config, model: ASRModel) -> torch.optim.Optimizer:
@@ -676,7 +440,3 @@ def _tensorboard(log_dir: Path) -> Any:
 
 def _quiet(message: str) -> None:
     """say() on ranks other than 0: nothing."""
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
