@@ -82,7 +82,7 @@ class LASConfig:
     length_penalty: float = 0.0  # GNMT alpha: hypotheses ranked by log p / ((5 + length) / 6)^alpha
     coverage_penalty: float = 0.0  # GNMT beta: + beta * sum over frames of log min(attention received, 1)
     max_len_ratio: float = 2.0  # at most this many output tokens per listener frame
-    lm_path: str = ""  # shallow fusion: KenLM model whose words are the tokens (asrkit.models.las.UnitLM)
+    lm_path: str = ""  # shallow fusion: KenLM model whose words are the tokens (asrkit.models.las_search.UnitLM)
     lm_weight: float = 0.0  # shallow fusion: weight of the LM log-probability (0 = no fusion)
     ctc_decode_weight: float = 0.0  # joint decoding: (1 - w) attention + w CTC prefix score (needs ctc_weight > 0)
 

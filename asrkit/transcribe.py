@@ -370,7 +370,7 @@ def plot_alignments(model: str | Path, audio: Sequence[str | Path], out_dir: str
     if align is None:
         raise AsrkitError(f"{loaded.path}: a {loaded.config.model.family} model has no attention to plot; "
                           "--plot-attention needs an attention model (model.family = \"las\")")
-    from asrkit.models.las import plot_attention, token_labels
+    from asrkit.models.attention_plot import plot_attention, token_labels
 
     out_dir = Path(out_dir)
     utts, failures = files_to_utterances(audio)

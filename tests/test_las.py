@@ -25,20 +25,17 @@ from asrkit.config import build_config
 from asrkit.data.tokenizer import CharTokenizer, Tokenizer
 from asrkit.errors import AsrkitError
 from asrkit.models import MODELS, build_model
-from asrkit.models.las import (
+from asrkit.models.attention_plot import plot_attention, token_labels
+from asrkit.models.las import LAS, Listener, concat_pairs
+from asrkit.models.las_search import (
     EOS,
-    LAS,
     SPACE_WORD,
     CTCScorer,
-    Listener,
     LMScorer,
     State,
     UnitLM,
     beam_search,
-    concat_pairs,
     greedy_search,
-    plot_attention,
-    token_labels,
     unit_sentence,
 )
 from asrkit.records import Batch, Hypothesis

@@ -1,5 +1,5 @@
 """Listen, Attend and Spell (Chan et al. 2016; Chiu et al. 2018): a pyramidal BLSTM listener, attention, an LSTM
-speller; greedy or beam-search decoding, optional KenLM shallow fusion, attention pictures.
+speller; greedy or beam-search decoding (las_search.py), optional KenLM shallow fusion and CTC rescoring.
 
 Shapes: B batch, T feature frames, F mel bins, T' = T / time_reduction listener frames, D listener output
 (2 x listener_hidden), S speller units, U target tokens, V vocabulary, H attention heads, K beam, N = B x K.
@@ -16,12 +16,8 @@ end-of-sentence target, so the tokenizers stay shared between model families.
 from __future__ import annotations
 
 import math
-import struct
-import zlib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +25,11 @@ from torch import nn
 
 from asrkit.config import LASConfig
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.errors import AsrkitError
+from asrkit.models.las_search import EOS, CTCScorer, Found, LMScorer, Scorer, State, UnitLM, beam_search, greedy_search
 from asrkit.models.layers import ASRModel, length_mask, pack, unpack
 from asrkit.records import Batch, Hypothesis
 
-EOS = 0  # also the start-of-sentence input (the blank of CTC models)
 ATTENTIONS = ("dot", "additive", "location")
-LOG10 = math.log(10.0)  # KenLM scores are log10
-SPACE_WORD = "<sp>"  # the space of a character tokenizer, as a word of a unit LM
 
 
 # ------------------------------------------------------------------------------------------------ listener
@@ -188,9 +181,6 @@ class Attention(nn.Module):
 # ------------------------------------------------------------------------------------------------- speller
 
 
-State = tuple[torch.Tensor, ...]  # (h (N, L, S), c (N, L, S), context (N, D), weights (N, H, T'))
-
-
 class Speller(nn.Module):
     """LSTM decoder with input feeding: each step reads the previous token and the previous context."""
 
@@ -261,245 +251,6 @@ class Search:
             raise ValueError(f"las.max_len_ratio must be positive, got {self.max_len_ratio}")
         if not 0.0 <= self.ctc_weight < 1.0:
             raise ValueError(f"las.ctc_decode_weight must be in [0, 1), got {self.ctc_weight}")
-
-
-# -------------------------------------------------------------------------------------------------- search
-
-
-class Found(NamedTuple):
-    tokens: tuple[int, ...]  # without the end of sentence
-    score: float  # log-probability; with scorers (1 - w_ctc) x it + w_ctc x CTC prefix score + w_lm x LM
-    weights: torch.Tensor  # (U', H, T') attention of each step; U' = len(tokens) + 1 when it ended with EOS
-
-
-def unit_word(piece: str) -> str:
-    """A token as a word of a unit LM: the space of a character tokenizer is SPACE_WORD, other pieces as is."""
-    return SPACE_WORD if piece == " " else piece
-
-
-def unit_sentence(tokenizer: Tokenizer, text: str) -> str:
-    """A transcript as a line of text for a unit LM (e.g. `lmplz -o 8 --discount_fallback < units.txt`)."""
-    return " ".join(unit_word(tokenizer.vocab[i]) for i in tokenizer.encode(text))
-
-
-class UnitLM:
-    """A KenLM n-gram whose words are the model's tokens (see `unit_word`); id 0 scores as the end of sentence."""
-
-    def __init__(self, path: str | Path, vocab: Sequence[str]) -> None:
-        from asrkit.lm import load_kenlm, require_kenlm, resolve_lm
-
-        self.path = resolve_lm(path)
-        self.model = load_kenlm(str(self.path))
-        self.words = ["</s>", *(unit_word(p) for p in vocab[1:])]
-        if not any(w in self.model for w in self.words[1:]):
-            raise AsrkitError(f"{self.path}: none of the model's tokens ({', '.join(self.words[1:6])}, ...) is a word "
-                              "of this LM; a fusion LM must be built over the same units (asrkit.models.las."
-                              "unit_sentence writes its text)")
-        self._state = require_kenlm().State
-
-    def start(self) -> Any:
-        state = self._state()
-        self.model.BeginSentenceWrite(state)
-        return state
-
-    def score(self, state: Any, token: int) -> tuple[float, Any]:
-        """Natural-log probability of the token after `state`, and the state after it."""
-        out = self._state()
-        return self.model.BaseScore(state, self.words[token], out) * LOG10, out
-
-
-StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]  # prev (N,) -> log-probs (N, V), state
-
-
-def greedy_search(step: StepFn, state: State, max_lens: list[int]) -> list[Found]:
-    """The most likely token at each step, for a batch, until EOS or max_lens[b] tokens."""
-    b = len(max_lens)
-    prev = torch.full((b,), EOS, dtype=torch.long, device=state[0].device)
-    tokens, logps, weights = [], [], []
-    done = [False] * b
-    ends = [0] * b  # steps taken by each utterance
-    for i in range(max(max_lens)):
-        logp, state = step(prev, state)
-        best, prev = logp.max(-1)
-        tokens.append(prev.tolist())
-        logps.append(best.tolist())
-        weights.append(state[3])
-        for j in range(b):
-            if not done[j]:
-                ends[j] = i + 1
-                done[j] = tokens[i][j] == EOS or i + 1 >= max_lens[j]
-        if all(done):
-            break
-    found = []
-    for j in range(b):
-        seq = [tokens[i][j] for i in range(ends[j])]
-        score = sum(logps[i][j] for i in range(ends[j]))
-        found.append(Found(tuple(seq[:-1] if seq[-1] == EOS else seq), score,
-                           torch.stack([weights[i][j] for i in range(ends[j])])))
-    return found
-
-
-class LMScorer:
-    """Shallow fusion: weight x the unit LM's log-probability of each candidate (EOS scores as </s>)."""
-
-    def __init__(self, lm: UnitLM, weight: float) -> None:
-        self.lm, self.weight = lm, weight
-
-    def start(self, b: int, k: int) -> list[list[Any]]:
-        return [[self.lm.start()] * k for _ in range(b)]
-
-    def score(self, states: Any, cands: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        scores = torch.zeros(cands.shape)
-        new: list[list[list[Any]]] = []
-        for j, (per_beam, live) in enumerate(zip(cands.tolist(), alive.tolist(), strict=True)):
-            new.append([])
-            for s, (tokens, ok) in enumerate(zip(per_beam, live, strict=True)):
-                outs = []
-                for c, t in enumerate(tokens):
-                    logp, out = self.lm.score(states[j][s], t) if ok else (0.0, None)
-                    scores[j, s, c] = logp
-                    outs.append(out)
-                new[j].append(outs)
-        return self.weight * scores.to(cands.device), new
-
-    def select(self, new: Any, src: torch.Tensor, col: torch.Tensor) -> Any:
-        return [[new[j][s][c] for s, c in zip(srcs, cols, strict=True)]
-                for j, (srcs, cols) in enumerate(zip(src.tolist(), col.tolist(), strict=True))]
-
-
-class CTCScorer:
-    """Joint CTC/attention decoding (Watanabe et al. 2017): weight x the change in the CTC prefix score
-    log p_CTC(prefix... | x) of the listener's CTC head. The CTC blank (id 0) never extends a prefix; a
-    candidate EOS scores the whole hypothesis, log p_CTC(prefix | x). Frames past an utterance's length count
-    as impossible, and its EOS reads the forward variables at its last real frame.
-
-    State per hypothesis: forward variables r (T', 2) (ending in a non-blank / a blank), the prefix score, the
-    last token."""
-
-    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, weight: float) -> None:
-        t = log_probs.shape[1]
-        real = length_mask(lengths, t)
-        self.x = log_probs.float().masked_fill(~real[:, :, None], float("-inf"))  # (B, T', V)
-        self.last_frame = (lengths - 1).clamp(min=0)
-        self.weight = weight
-        self.step = 0  # tokens in every hypothesis so far (the search is synchronous)
-
-    def start(self, b: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r = torch.full((b, k, self.x.shape[1], 2), float("-inf"), device=self.x.device)
-        r[..., 1] = self.x[:, :, EOS].cumsum(1)[:, None, :]
-        return r, torch.zeros(b, k, device=self.x.device), torch.full((b, k), -1, device=self.x.device)
-
-    def score(self, state: Any, cands: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        r_prev, psi_prev, last = state  # (B, K, T', 2), (B, K), (B, K)
-        b, k, c = cands.shape
-        t_max = self.x.shape[1]
-        xc = self.x.gather(2, cands.view(b, 1, k * c).expand(-1, t_max, -1)).view(b, t_max, k, c)
-        xc = xc.permute(0, 2, 3, 1)  # (B, K, C, T') log-probs of each candidate
-        blank = self.x[:, None, None, :, EOS]  # (B, 1, 1, T')
-        r_sum = torch.logaddexp(r_prev[..., 0], r_prev[..., 1])  # (B, K, T')
-        phi = r_sum[:, :, None, :].expand(-1, -1, c, -1).clone()
-        same = cands == last[:, :, None]
-        phi[same] = r_prev[..., 1][:, :, None, :].expand(-1, -1, c, -1)[same]  # a repeat needs a blank between
-        r = torch.full((b, k, c, t_max, 2), float("-inf"), device=self.x.device)
-        if self.step == 0:
-            r[:, :, :, 0, 0] = xc[..., 0]
-        start = max(self.step, 1)
-        psi = r[:, :, :, start - 1, 0].clone()
-        for t in range(start, t_max):
-            r[..., t, 0] = torch.logaddexp(r[..., t - 1, 0], phi[..., t - 1]) + xc[..., t]
-            r[..., t, 1] = torch.logaddexp(r[..., t - 1, 0], r[..., t - 1, 1]) + blank[..., t]
-            psi = torch.logaddexp(psi, phi[..., t - 1] + xc[..., t])
-        end = r_sum.gather(2, self.last_frame.view(b, 1, 1).expand(-1, k, 1))  # (B, K, 1)
-        psi = torch.where(cands == EOS, end.expand(-1, -1, c), psi)
-        delta = (psi - psi_prev[:, :, None]).masked_fill(~alive[:, :, None], 0.0)
-        return self.weight * delta, (r, psi, cands)
-
-    def select(self, new: Any, src: torch.Tensor, col: torch.Tensor) -> Any:
-        self.step += 1
-        r, psi, cands = new
-        b, k = src.shape
-        rows = torch.arange(b, device=src.device)[:, None]
-        return r[rows, src, col], psi[rows, src, col], cands[rows, src, col]
-
-
-Scorer = LMScorer | CTCScorer
-
-
-def beam_search(step: StepFn, state: State, max_lens: list[int], beam: int, scorers: Sequence[Scorer] = (),
-                att_weight: float = 1.0) -> list[list[Found]]:
-    """Beam search for a batch; state rows are (B x K), hypothesis k of utterance b at row b*K + k.
-
-    Each step keeps the K best of all extensions; one ending in EOS is finished and leaves the beam (refilled
-    from the others next step). An utterance stops when K finished hypotheses score above every unfinished one
-    (whose scores only fall), or after max_lens[b] tokens (the unfinished ones are then kept as they are;
-    length and coverage penalties re-rank afterwards but do not steer the search). With `scorers` (LM, CTC),
-    each hypothesis extends only its max(2K, 8) likeliest tokens and EOS, each scored
-    att_weight x log p + the scorers' weighted scores. Returns the finished hypotheses of each utterance."""
-    b, k = len(max_lens), beam
-    device = state[0].device
-    scores = torch.full((b, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0
-    prev = torch.full((b * k,), EOS, dtype=torch.long, device=device)
-    extra = [s.start(b, k) for s in scorers]
-    history: list[tuple[list[list[int]], list[list[int]], torch.Tensor]] = []  # tokens, sources, weights
-    finished: list[list[Found]] = [[] for _ in range(b)]
-    done = [False] * b
-
-    def backtrack(j: int, slot: int) -> tuple[list[int], torch.Tensor]:
-        seq, rows = [], []
-        for toks, srcs, w in reversed(history):
-            seq.append(toks[j][slot])
-            rows.append(w[j * k + slot])
-            slot = srcs[j][slot]
-        return seq[::-1], torch.stack(rows[::-1])
-
-    for i in range(max(max_lens)):
-        logp, state = step(prev, state)
-        v = logp.shape[-1]
-        logp = logp.view(b, k, v)
-        if scorers:
-            top = logp.topk(min(v, max(2 * k, 8)), dim=-1).indices
-            cands = torch.cat([top, torch.full_like(top[..., :1], EOS)], -1)  # (B, K, C): EOS is always one
-            cand_scores = att_weight * logp.gather(2, cands)
-            cand_scores[..., -1] = cand_scores[..., -1].masked_fill((top == EOS).any(-1), float("-inf"))  # twice
-            news = []
-            for scorer, st in zip(scorers, extra, strict=True):
-                add, new = scorer.score(st, cands, torch.isfinite(scores))
-                cand_scores = cand_scores + add
-                news.append(new)
-        else:
-            cands = torch.arange(v, device=device).expand(b, k, v)
-            cand_scores = logp
-        c = cands.shape[-1]
-        top_scores, index = (scores[:, :, None] + cand_scores).view(b, k * c).topk(k, dim=-1)  # (B, K)
-        src, col = index // c, index % c
-        tok = cands.reshape(b, k * c).gather(1, index)
-        if scorers:
-            extra = [s.select(new, src, col) for s, new in zip(scorers, news, strict=True)]
-        state = tuple(s[(torch.arange(b, device=device)[:, None] * k + src).view(-1)] for s in state)
-        tok_list = tok.tolist()
-        history.append((tok_list, src.tolist(), state[3]))
-        scores, prev = top_scores.clone(), tok.view(-1)
-        top_list = top_scores.tolist()
-        for j in range(b):
-            if done[j]:
-                scores[j] = float("-inf")
-                continue
-            last = i + 1 >= max_lens[j]
-            for s in range(k):
-                if math.isfinite(top_list[j][s]) and (tok_list[j][s] == EOS or last):
-                    seq, weights = backtrack(j, s)
-                    found = Found(tuple(seq[:-1] if seq[-1] == EOS else seq), top_list[j][s], weights)
-                    finished[j].append(found)
-                    scores[j, s] = float("-inf")
-            alive = [x for x in scores[j].tolist() if math.isfinite(x)]
-            kth = sorted((f.score for f in finished[j]), reverse=True)[k - 1] if len(finished[j]) >= k else None
-            done[j] = last or not alive or (kth is not None and max(alive) < kth)
-            if done[j]:
-                scores[j] = float("-inf")
-        if all(done):
-            break
-    return finished
 
 
 class LAS(ASRModel):
@@ -651,78 +402,3 @@ def build_las(cfg: LASConfig, n_feats: int, vocab_size: int) -> LAS:
     if cfg.ctc_decode_weight and ctc is None:
         raise ValueError("las.ctc_decode_weight needs the CTC head that las.ctc_weight > 0 trains")
     return LAS(listener, attention, speller, ctc=ctc, teaching=teaching, search=search)
-
-
-# ----------------------------------------------------------------------------------------- attention plots
-
-
-def token_labels(tokens: Sequence[int], tokenizer: Tokenizer, ended: bool = True) -> list[str]:
-    """Row labels for `plot_attention`: each token's piece ('_' for a space), then '</s>' when it ended."""
-    labels = [tokenizer.vocab[t].replace(" ", "_").replace("\u2581", "_") for t in tokens]
-    return labels + ["</s>"] if ended else labels
-
-
-def plot_attention(weights: torch.Tensor, tokens: Sequence[str], path: str | Path) -> Path:
-    """Write the attention alignment (U, T') -- output tokens down, listener frames across, dark = attended --
-    as a PNG: with matplotlib when it is installed, else a grayscale image with a built-in 3x5 pixel font."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = weights.detach().float().cpu()
-    if w.ndim != 2 or w.shape[0] != len(tokens):
-        raise ValueError(f"weights {tuple(w.shape)} must be (U, T') with one row per token ({len(tokens)} tokens)")
-    try:
-        import matplotlib
-    except ImportError:
-        path.write_bytes(_attention_png(w, tokens))
-        return path
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, w.shape[1] / 8), max(2.0, len(tokens) / 4)))
-    ax.imshow(w.numpy(), aspect="auto", cmap="gray_r", interpolation="nearest", vmin=0.0)
-    ax.set_yticks(range(len(tokens)), list(tokens))
-    ax.set_xlabel("listener frame")
-    ax.set_ylabel("output token")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-# 3x5 glyphs, one octal digit per row (4 = left pixel, 2 = middle, 1 = right).
-_FONT = dict(zip(
-    "abcdefghijklmnopqrstuvwxyz0123456789 _'<>/-.?",
-    "25755 65656 34443 65556 74647 74644 34553 55755 72227 11152 55655 44447 57755 65555 25552 65644 25563 65655 "
-    "34216 72222 55557 55552 55775 55255 55222 71247 75557 26227 61247 61216 55711 74616 34652 71222 25252 25316 "
-    "00000 00007 22000 12421 42124 11244 00700 00002 61202".split(), strict=True))
-
-
-def _attention_png(w: torch.Tensor, tokens: Sequence[str], scale: int = 2) -> bytes:
-    u, t = w.shape
-    cell_w = max(2, min(12, 480 // max(t, 1)))
-    row_h = 6 * scale + 2
-    label_w = 4 * scale * min(6, max((len(s) for s in tokens), default=1)) + 4
-    width, height = label_w + cell_w * t, row_h * u
-    peak = float(w.max()) or 1.0
-    pixels = bytearray(b"\xff" * (width * height))
-    for r in range(u):
-        for c in range(t):
-            shade = 255 - round(255 * min(float(w[r, c]) / peak, 1.0))
-            for y in range(r * row_h, (r + 1) * row_h):
-                start = y * width + label_w + c * cell_w
-                pixels[start : start + cell_w] = bytes([shade]) * cell_w
-        for n, ch in enumerate(tokens[r][:6].lower()):
-            for gy, bits in enumerate(_FONT.get(ch, _FONT["?"])):
-                for gx in range(3):
-                    if int(bits) >> (2 - gx) & 1:
-                        for dy in range(scale):
-                            y = r * row_h + 1 + gy * scale + dy
-                            x = 2 + n * 4 * scale + gx * scale
-                            pixels[y * width + x : y * width + x + scale] = b"\x00" * scale
-    raw = b"".join(b"\x00" + bytes(pixels[y * width : (y + 1) * width]) for y in range(height))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
