@@ -20,7 +20,8 @@ from asrkit.config import build_config
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.errors import AsrkitError
 from asrkit.models import MODELS, build_model
-from asrkit.models.transducer import BeamSearch, Encoder, Transducer, plan_sub_batches
+from asrkit.models.transducer import Encoder, Transducer, plan_sub_batches
+from asrkit.models.transducer_search import BeamSearch
 from asrkit.records import Batch
 
 N_MELS = 20

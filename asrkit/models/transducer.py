@@ -1,5 +1,6 @@
 """RNN-Transducer (Graves 2012; He et al. 2018): an LSTM encoder, a prediction network and a joint network,
-trained with torchaudio's `rnnt_loss` (fused log-softmax), decoded greedily or by beam search, and streamable.
+trained with torchaudio's `rnnt_loss` (fused log-softmax), decoded greedily or by beam search
+(transducer_search.py), and streamable.
 
 Shapes: B batch, T feature frames, F mel bins, R = input_stack * time_reduction, T' = ceil(T / R) encoder frames,
 D encoder output (H, or 2H bidirectional), U target tokens, P predictor units, J joint size, V vocabulary
@@ -28,9 +29,7 @@ RSS by 304 MB (the formula says 336 MB); a cap of 6M elements (one utterance per
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,11 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.decoding import word_timings
 from asrkit.models.layers import ASRModel, length_mask, pack, unpack
+from asrkit.models.transducer_search import BLANK, BeamSearch, GreedySearch, to_hypothesis
 from asrkit.records import Batch, Hypothesis
 
-BLANK = 0
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers * directions, N, H)
 SEARCHES = ("greedy", "beam")
 
@@ -304,152 +302,6 @@ def joint_loss(joiner: Joiner, enc: torch.Tensor, enc_lens: torch.Tensor, pred: 
 
 
 # ------------------------------------------------------------------------------------------------------
-# Decoding: frame-synchronous greedy and beam search (both can be fed encoder frames chunk by chunk)
-# ------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Path:
-    """A decoded token sequence: tokens, the encoder frame each was emitted at, log-probability."""
-
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]
-    score: float
-
-
-class GreedySearch:
-    """Batched greedy decoding: in every encoder frame emit the argmax until it is the blank (or `max_symbols`)."""
-
-    def __init__(self, predictor: Predictor, joiner: Joiner, batch: int, max_symbols: int,
-                 device: torch.device) -> None:
-        self.predictor, self.joiner, self.max_symbols = predictor, joiner, max_symbols
-        out, self.state = predictor.step(torch.full((batch,), BLANK, dtype=torch.long, device=device), None)
-        self.pred_j = joiner.pred_proj(out)  # (B, J)
-        self.tokens: list[list[int]] = [[] for _ in range(batch)]
-        self.frames: list[list[int]] = [[] for _ in range(batch)]
-        self.scores = torch.zeros(batch, dtype=torch.float64, device=device)
-        self.t = 0  # encoder frames consumed so far
-
-    def advance(self, enc_j: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
-        """Consume projected encoder frames (B, t, J); frames at or past `lengths` (absolute) are skipped."""
-        for i in range(enc_j.shape[1]):
-            t = self.t + i
-            active = (torch.ones(enc_j.shape[0], dtype=torch.bool, device=enc_j.device) if lengths is None
-                      else lengths > t)
-            for _ in range(self.max_symbols):
-                logp = torch.log_softmax(self.joiner(enc_j[:, i], self.pred_j).float(), dim=-1)  # (B, V)
-                best_logp, best = logp.max(dim=-1)
-                emit = active & (best != BLANK)
-                self.scores += torch.where(active, best_logp.double(), 0.0)
-                emitted = [(b, tok) for b, (tok, e) in enumerate(zip(best.tolist(), emit.tolist(), strict=True)) if e]
-                if not emitted:
-                    break
-                for b, tok in emitted:
-                    self.tokens[b].append(tok)
-                    self.frames[b].append(t)
-                out, state = self.predictor.step(best, self.state)
-                self.pred_j = torch.where(emit[:, None], self.joiner.pred_proj(out), self.pred_j)
-                self.state = tuple(torch.where(emit[None, :, None], new, old)  # type: ignore[assignment]
-                                   for new, old in zip(state, self.state, strict=True))
-                active = emit
-        self.t += enc_j.shape[1]
-
-    def paths(self, b: int = 0) -> list[Path]:
-        return [Path(tuple(self.tokens[b]), tuple(self.frames[b]), float(self.scores[b]))]
-
-    def stable(self, b: int = 0) -> tuple[int, ...]:
-        """Tokens no later frame can change: greedy never revises."""
-        return tuple(self.tokens[b])
-
-
-@dataclass
-class _Hyp:
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]
-    score: float
-    pred_j: torch.Tensor  # (J,) projected predictor output after `tokens`
-    state: LSTMState  # predictor state after `tokens`, each (L, 1, P)
-
-
-def _logaddexp(a: float, b: float) -> float:
-    hi, lo = max(a, b), min(a, b)
-    return hi + math.log1p(math.exp(lo - hi)) if lo > -math.inf else hi
-
-
-class BeamSearch:
-    """Time-synchronous beam search for one utterance (Saon et al. 2020): in every encoder frame each hypothesis
-    may grow by up to `max_symbols` tokens; hypotheses that end the frame with the same tokens are merged (their
-    probabilities add), and the `beam` best are kept. Expansion in a frame stops once no new hypothesis could
-    enter the beam. Every hypothesis ends a frame with a blank, so `max_symbols` must cover the longest burst the
-    model emits in one frame (characters at 60 ms frames: a whole word); greedy search instead moves on."""
-
-    def __init__(self, predictor: Predictor, joiner: Joiner, beam: int, max_symbols: int,
-                 device: torch.device) -> None:
-        if beam < 1:
-            raise ValueError(f"beam_size must be at least 1, got {beam}")
-        self.predictor, self.joiner, self.beam_size, self.max_symbols = predictor, joiner, beam, max_symbols
-        out, state = predictor.step(torch.full((1,), BLANK, dtype=torch.long, device=device), None)
-        self.beam = [_Hyp((), (), 0.0, joiner.pred_proj(out)[0], state)]
-        self.t = 0
-
-    def advance(self, enc_j: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
-        """Consume projected encoder frames (1, t, J) (`lengths`: absolute, frames at or past it are skipped)."""
-        n = enc_j.shape[1] if lengths is None else max(0, min(enc_j.shape[1], int(lengths[0]) - self.t))
-        for i in range(n):
-            self._frame(enc_j[0, i], self.t + i)
-        self.t += enc_j.shape[1]
-
-    def _frame(self, enc_t: torch.Tensor, t: int) -> None:
-        ended: dict[tuple[int, ...], _Hyp] = {}  # hypotheses that emitted the blank in this frame
-        current = self.beam
-        vocab = self.joiner.out.out_features
-        for v in range(self.max_symbols + 1):
-            pred_j = torch.stack([h.pred_j for h in current])  # (N, J)
-            logp = torch.log_softmax(self.joiner(enc_t[None], pred_j).float(), dim=-1)  # (N, V)
-            blank_logp = logp[:, BLANK].tolist()
-            for h, lp in zip(current, blank_logp, strict=True):
-                old = ended.get(h.tokens)
-                score = h.score + lp
-                if old is None:
-                    ended[h.tokens] = _Hyp(h.tokens, h.frames, score, h.pred_j, h.state)
-                else:  # the same tokens by another alignment: add the probabilities, keep the better timing
-                    frames = old.frames if old.score >= score else h.frames
-                    ended[h.tokens] = _Hyp(h.tokens, frames, _logaddexp(old.score, score), h.pred_j, h.state)
-            if v == self.max_symbols or vocab == 1:
-                break
-            top_logp, top_tok = logp[:, 1:].topk(min(self.beam_size, vocab - 1), dim=-1)  # (N, k)
-            grown = sorted(((h.score + float(lp), n, int(tok) + 1) for n, h in enumerate(current)
-                            for lp, tok in zip(top_logp[n].tolist(), top_tok[n].tolist(), strict=True)),
-                           reverse=True)[: self.beam_size]
-            if len(ended) >= self.beam_size:
-                floor = sorted((h.score for h in ended.values()), reverse=True)[self.beam_size - 1]
-                grown = [g for g in grown if g[0] > floor]  # further growth only lowers a score
-            if not grown:
-                break
-            tokens = torch.tensor([tok for _, _, tok in grown], device=enc_t.device)
-            parents = [current[n] for _, n, _ in grown]
-            state = tuple(torch.cat([p.state[k] for p in parents], dim=1) for k in range(2))
-            out, (h_new, c_new) = self.predictor.step(tokens, state)  # type: ignore[arg-type]
-            proj = self.joiner.pred_proj(out)  # (N', J)
-            current = [_Hyp(p.tokens + (tok,), p.frames + (t,), score, proj[j],
-                            (h_new[:, j : j + 1], c_new[:, j : j + 1]))
-                       for j, ((score, _, tok), p) in enumerate(zip(grown, parents, strict=True))]
-        self.beam = sorted(ended.values(), key=lambda h: h.score, reverse=True)[: self.beam_size]
-
-    def paths(self, b: int = 0) -> list[Path]:
-        return [Path(h.tokens, h.frames, h.score) for h in self.beam]
-
-    def stable(self, b: int = 0) -> tuple[int, ...]:
-        """The longest token prefix all hypotheses in the beam share: whatever wins extends it."""
-        first = self.beam[0].tokens
-        n = len(first)
-        for h in self.beam[1:]:
-            n = next((i for i, (a, c) in enumerate(zip(first[:n], h.tokens, strict=False)) if a != c),
-                     min(n, len(h.tokens)))
-        return first[:n]
-
-
-# ------------------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------------------
 
@@ -513,12 +365,6 @@ class Transducer(ASRModel):
     def start_stream(self) -> TransducerStream:
         """Decoding state for one utterance fed chunk by chunk (unidirectional encoders only)."""
         return TransducerStream(self)
-
-
-def to_hypothesis(path: Path, tokenizer: Tokenizer, frame_shift: float) -> Hypothesis:
-    """`frame_shift`: seconds per encoder frame."""
-    words = word_timings(path.tokens, path.frames, tokenizer.vocab, frame_shift)
-    return Hypothesis(tokenizer.decode(path.tokens), path.tokens, path.score, words)
 
 
 class TransducerStream:
