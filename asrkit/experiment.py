@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkit.config import Config
-from asrkit.data.audio import load_audio
+from asrkit.data.audio import load_utterance
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
 from asrkit.errors import AsrkitError, AudioError
@@ -123,7 +123,7 @@ def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped:
                 for utt in utts:
                     bar.advance(1)
                     try:
-                        yield load_audio(utt.audio_filepath, cfg.features.sample_rate)
+                        yield load_utterance(utt, cfg.features.sample_rate)
                     except AudioError as err:
                         say(f"skipping {utt.id}: {err}")
                         skipped[utt.id] = str(err)

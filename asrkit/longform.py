@@ -26,9 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from asrkit.data.audio import _reason, load_audio, open_audio, resample, to_mono
+from asrkit.data.audio import _reason, open_audio, span_frames
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.records import Hypothesis, Utterance, WordTiming
 
@@ -46,11 +45,18 @@ def check_segment_seconds(seconds: float) -> None:
                           f"{MIN_SEGMENT_SECONDS:g} s")
 
 
-def find_cuts(path: str | Path, segment_seconds: float) -> tuple[list[tuple[float, float]], int]:
+def find_cuts(path: str | Path, segment_seconds: float, offset: float = 0.0,
+              duration: float | None = None) -> tuple[list[tuple[float, float]], int]:
     """Cut a recording into (offset, duration) spans in seconds of at most `segment_seconds` each, at pauses.
-    Returns the spans and the file's sample rate. Reads the file once, in blocks; raises AudioError when it cannot."""
+    Returns the spans and the file's sample rate. Reads the file once, in blocks; raises AudioError when it cannot.
+    With `duration`, only the span [offset, offset + duration) of the file is cut (a manifest line with an offset),
+    and the spans' offsets are seconds from `offset`."""
     with open_audio(path, "cannot read audio") as f:
         sr = int(f.samplerate)
+        left = -1  # frames still to read; -1: to the end of the file
+        if duration is not None:
+            first, left = span_frames(path, offset, duration, int(f.frames), sr)
+            f.seek(first)
         frame = max(1, round(sr * FRAME_SECONDS))
         seg_frames = int(segment_seconds / FRAME_SECONDS)
         quiet = max(1, round(QUIET_SECONDS / FRAME_SECONDS))
@@ -62,7 +68,8 @@ def find_cuts(path: str | Path, segment_seconds: float) -> tuple[list[tuple[floa
         read = 0
         try:
             while True:
-                data = f.read(block, dtype="float32", always_2d=True)
+                want = block if left < 0 else min(block, left - read)
+                data = f.read(want, dtype="float32", always_2d=True)
                 read += len(data)
                 if len(data):
                     mono = np.concatenate([leftover, data.mean(axis=1)])
@@ -78,7 +85,7 @@ def find_cuts(path: str | Path, segment_seconds: float) -> tuple[list[tuple[floa
                     spans.append((start * FRAME_SECONDS, cut * FRAME_SECONDS))
                     start += cut
                     energies = energies[cut:]
-                if len(data) < block:
+                if len(data) < want or read == left:
                     break
         except AudioError:
             raise
@@ -86,6 +93,9 @@ def find_cuts(path: str | Path, segment_seconds: float) -> tuple[list[tuple[floa
             raise AudioError(path, f"cannot decode audio after {read / sr:.1f} s ({_reason(err)})") from None
     if read == 0:
         raise AudioError(path, "audio has no samples")
+    if 0 <= read < left:
+        raise AudioError(path, f"truncated or damaged audio: only {read / sr:.2f} s of the span {offset:.2f}-"
+                               f"{offset + (duration or 0):.2f} s decode; copy or download it again")
     total = read / sr
     if total - start * FRAME_SECONDS > 0:
         spans.append((start * FRAME_SECONDS, total - start * FRAME_SECONDS))
@@ -103,7 +113,8 @@ def _quietest(energies: np.ndarray, window: int) -> int:
 def split_long(utts: Sequence[Utterance], segment_seconds: float,
                on_error: list[AudioError] | None = None) -> list[tuple[int, Utterance]]:
     """(input index, utterance or segment) for every input: those longer than `segment_seconds` become segments
-    (ids "<id>@<offset>", `offset` set), the others stay as they are. A long file that cannot be read is put in
+    (ids "<id>@<seconds from the utterance's start>", `offset` set: seconds from the file's start), the others stay
+    as they are. An utterance with an offset is cut within its own span. A long file that cannot be read is put in
     `on_error` (when given, else raised) and has no rows."""
     rows: list[tuple[int, Utterance]] = []
     for i, utt in enumerate(utts):
@@ -111,42 +122,19 @@ def split_long(utts: Sequence[Utterance], segment_seconds: float,
             rows.append((i, utt))
             continue
         try:
-            spans, _ = find_cuts(utt.audio_filepath, segment_seconds)
+            if utt.offset is None:
+                spans, _ = find_cuts(utt.audio_filepath, segment_seconds)
+            else:
+                spans, _ = find_cuts(utt.audio_filepath, segment_seconds, utt.offset, utt.duration)
         except AudioError as err:
             if on_error is None:
                 raise
             on_error.append(err)
             continue
-        rows.extend((i, replace(utt, id=f"{utt.id}@{off:.2f}", duration=dur, offset=utt.offset + off,
+        rows.extend((i, replace(utt, id=f"{utt.id}@{off:.2f}", duration=dur, offset=(utt.offset or 0.0) + off,
                                 extra={**utt.extra, SEGMENT_OF: utt.id}))
                     for off, dur in spans)
     return rows
-
-
-def load_utterance(utt: Utterance, sample_rate: int) -> torch.Tensor:
-    """The audio of an utterance: the whole file, or only the span of a segment."""
-    if SEGMENT_OF in utt.extra:
-        return load_span(utt.audio_filepath, utt.offset, utt.duration, sample_rate)
-    return load_audio(utt.audio_filepath, sample_rate)
-
-
-def load_span(path: str | Path, offset: float, duration: float, sample_rate: int) -> torch.Tensor:
-    """Samples [offset, offset + duration) seconds of a file, mono float32 at `sample_rate`."""
-    f = open_audio(path, "cannot read audio")
-    try:
-        with f:
-            sr = int(f.samplerate)
-            first = round(offset * sr)
-            if first > f.frames:
-                raise AudioError(path, f"offset {offset:.2f} s is past the end of the audio ({f.frames / sr:.2f} s)")
-            f.seek(first)
-            data = f.read(max(1, round(duration * sr)), dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as err:
-        raise AudioError(path, f"cannot decode audio at {offset:.2f} s ({_reason(err)})") from None
-    where = f" between {offset:.2f} and {offset + duration:.2f} s"
-    return resample(to_mono(path, data, where), sr, sample_rate)
 
 
 def stitch(parts: Sequence[tuple[Utterance, Hypothesis]], parent: Utterance) -> Hypothesis:
@@ -156,7 +144,7 @@ def stitch(parts: Sequence[tuple[Utterance, Hypothesis]], parent: Utterance) -> 
     tokens: list[int] = []
     score = 0.0
     for seg, hyp in parts:
-        shift = seg.offset - parent.offset
+        shift = (seg.offset or 0.0) - (parent.offset or 0.0)
         if hyp.text:
             texts.append(hyp.text)
         score += hyp.score

@@ -10,24 +10,30 @@ import torch
 
 @dataclass(frozen=True)
 class Utterance:
-    """One line of a JSONL manifest (NeMo-compatible keys: audio_filepath, duration, text)."""
+    """One line of a JSONL manifest (NeMo-compatible keys: audio_filepath, duration, text, optional offset).
+
+    `offset` None: the utterance is the whole file. A number (a manifest's `offset` key, or a piece of a long
+    recording cut by asrkit.longform): it is the span [offset, offset + duration) seconds of the file, so one
+    recording can hold many utterances. `asrkit.data.audio.load_utterance` reads either."""
 
     id: str
     audio_filepath: str  # absolute, or relative to the manifest's folder
-    duration: float  # seconds, measured
+    duration: float  # seconds, measured (of the span, when there is an offset)
     text: str  # normalised once, at prepare time
     speaker: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # corpus-specific keys kept
-    offset: float = 0.0  # seconds into the audio file where a segment of a long recording starts
+    offset: float | None = None  # seconds into the audio file where the utterance starts; None: the whole file
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
             "audio_filepath": self.audio_filepath,
-            "duration": round(self.duration, 4),
+            "duration": round(self.duration, 4 if self.offset is None else 6),
             "text": self.text,
             "speaker": self.speaker,
         }
+        if self.offset is not None:  # only when set: manifests without offsets round-trip unchanged
+            out["offset"] = round(self.offset, 6)  # a span is read as written: to the microsecond, below a sample
         out.update(self.extra)
         return out
 

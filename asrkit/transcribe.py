@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from asrkit.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
-from asrkit.data.audio import audio_info
+from asrkit.data.audio import audio_info, load_utterance
 from asrkit.data.loader import Item, collate
 from asrkit.data.manifest import read_manifest
 from asrkit.decoding import DecoderPool, LMDecodeOptions
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.longform import DEFAULT_SEGMENT_SECONDS, check_segment_seconds, load_utterance, regroup, split_long
+from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, regroup, split_long
 from asrkit.metrics import ErrorRate
 from asrkit.progress import say
 from asrkit.records import Batch, Hypothesis, Utterance
@@ -35,6 +35,7 @@ MIN_UTTERANCES_PER_WORKER = 4  # fewer utterances than this per process: decode 
 class Failure:
     path: str
     reason: str
+    id: str = ""  # the utterance that failed: several manifest lines (offsets) can share one file
 
 
 @dataclass
@@ -77,8 +78,9 @@ def _load_batches(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, de
             except AudioError as err:
                 if failures is None:
                     raise
-                if not any(f.path == err.path for f in failures):  # a long file fails once, not per segment
-                    failures.append(Failure(err.path, err.reason))
+                utt_id = utts[i].extra.get(SEGMENT_OF, utts[i].id)
+                if not any(f.id == utt_id for f in failures):  # a long input fails once, not per segment
+                    failures.append(Failure(err.path, err.reason, utt_id))
                 yield [i], None
                 continue
             items.append(Item(utts[i].id, loaded.featurizer(wave), torch.zeros(0, dtype=torch.long), utts[i].text))
@@ -137,8 +139,10 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
     check_segment_seconds(segment_seconds)
     unreadable: list[AudioError] = []
     rows = split_long(utts, segment_seconds, None if failures is None else unreadable)
-    if failures is not None:
-        failures.extend(Failure(err.path, err.reason) for err in unreadable)
+    if failures is not None:  # the inputs without rows are those that could not be cut, in order
+        cut = {i for i, _ in rows}
+        lost = [u for i, u in enumerate(utts) if i not in cut]
+        failures.extend(Failure(err.path, err.reason, u.id) for err, u in zip(unreadable, lost, strict=True))
     pieces = [u for _, u in rows]
     results = _decode_pieces(loaded, pieces, batch_size, device, failures, decode, workers)
     done = regroup(utts, rows, zip(pieces, results, strict=True))
@@ -286,8 +290,8 @@ def evaluate(model: str | Path, manifest: str | Path, *, report: str | Path | No
     failures: list[Failure] = []
     pairs = list(decode_utterances(loaded, utts, batch_size=batch_size, failures=failures, decode=decode,
                                    workers=workers, segment_seconds=segment_seconds))
-    failed = {f.path for f in failures}
-    result = score([(u, h) for u, h in pairs if u.audio_filepath not in failed])
+    failed = {f.id for f in failures}
+    result = score([(u, h) for u, h in pairs if u.id not in failed])
     result.failures = failures
     if report is not None:
         write_report(report, result, model=str(loaded.path), manifest=str(manifest),

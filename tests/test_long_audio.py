@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 from asrkit.checkpoint import save_checkpoint
 from asrkit.cli import app
 from asrkit.config import build_config
+from asrkit.data.audio import load_span
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.decoding import LMDecodeOptions
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.longform import check_segment_seconds, find_cuts, load_span, split_long, stitch
+from asrkit.longform import check_segment_seconds, find_cuts, split_long, stitch
 from asrkit.models import build_model
 from asrkit.records import Hypothesis, Utterance, WordTiming
 from asrkit.transcribe import evaluate, transcribe

@@ -2,11 +2,17 @@
 
 Every failure is an `AudioError` naming the file and the reason: a missing file, an empty (0-byte) file, a
 format libsndfile does not recognise, no samples, data that ends before the header says (a truncated
-download), NaN or infinite samples.
+download), NaN or infinite samples, a span (a manifest line with an `offset`) that starts or ends past the end of
+the file.
+
+`load_utterance` is the one reader of a manifest utterance's samples (training, feature statistics, evaluation):
+the whole file, or just the span [offset, offset + duration) when the utterance has an offset (`load_span` seeks
+to it, so a long recording is never decoded whole for one of its pieces).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -18,8 +24,10 @@ import numpy as np
 import torch
 
 from asrkit.errors import AudioError
+from asrkit.records import Utterance
 
 TAIL_FRAMES = 1024  # audio_info decodes this many frames at the end to find files cut short
+SPAN_END_SLACK = 0.05  # seconds a span may reach past the end of the file (a rounded duration): read to the end
 
 
 def audio_info(path: str | Path, *, check_end: bool = True) -> tuple[float, int]:
@@ -54,6 +62,51 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
             raise AudioError(path, f"cannot decode audio: truncated or damaged data after the header "
                                    f"({_reason(err)}); copy or download it again") from None
     return resample(to_mono(path, data), sr, sample_rate)
+
+
+def load_utterance(utt: Utterance, sample_rate: int) -> torch.Tensor:
+    """The samples of an utterance, mono float32 at `sample_rate`: the whole file, or with an offset only the span
+    [offset, offset + duration). AudioError (naming the file, and the times of a span) when they cannot be read."""
+    if utt.offset is None:
+        return load_audio(utt.audio_filepath, sample_rate)
+    return load_span(utt.audio_filepath, utt.offset, utt.duration, sample_rate)
+
+
+def load_span(path: str | Path, offset: float, duration: float, sample_rate: int) -> torch.Tensor:
+    """Samples [offset, offset + duration) seconds of a file, mono float32 at `sample_rate`."""
+    f = open_audio(path, "cannot read audio")
+    try:
+        with f:
+            sr = int(f.samplerate)
+            first, count = span_frames(path, offset, duration, int(f.frames), sr)
+            f.seek(first)
+            data = f.read(count, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as err:
+        raise AudioError(path, f"cannot decode audio at {offset:.2f} s ({_reason(err)})") from None
+    where = f" between {offset:.2f} and {offset + duration:.2f} s"
+    if len(data) < count:
+        raise AudioError(path, f"truncated or damaged audio: only {len(data) / sr:.2f} s of the span{where} "
+                               "decode; copy or download it again")
+    return resample(to_mono(path, data, where), sr, sample_rate)
+
+
+def span_frames(path: str | Path, offset: float, duration: float, frames: int, sr: int) -> tuple[int, int]:
+    """(first frame, frame count) of the span [offset, offset + duration) seconds in a file of `frames` frames at
+    `sr`; AudioError when the span starts at or after the end or ends more than SPAN_END_SLACK after it."""
+    total = frames / sr
+    if not (offset >= 0 and duration > 0):
+        raise AudioError(path, f"bad span: offset {offset} s and duration {duration} s (need offset >= 0 and "
+                               "duration > 0)")
+    first = round(offset * sr)
+    if first >= frames:
+        raise AudioError(path, f"offset {offset:.2f} s is past the end of the audio ({total:.2f} s)")
+    end = first + max(1, round(duration * sr))
+    if end > frames + math.ceil(SPAN_END_SLACK * sr):
+        raise AudioError(path, f"the span {offset:.2f}-{offset + duration:.2f} s ends past the end of the audio "
+                               f"({total:.2f} s); check the offset and duration of this utterance")
+    return first, min(end, frames) - first
 
 
 def open_audio(path: str | Path, failure: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asrkit.data.audio import load_audio
+from asrkit.data.audio import load_utterance
 from asrkit.data.device_features import WaveBatch, centre_pad
 from asrkit.data.features import Featurizer, NoiseSource, draw_masks, spec_augment
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
@@ -81,7 +81,7 @@ class SpeechDataset(Dataset[Item | WaveItem]):
         cfg = self.featurizer.cfg
         targets = torch.tensor(self.targets[index] if self.targets else [], dtype=torch.long)
         try:
-            wave = load_audio(utt.audio_filepath, cfg.sample_rate)
+            wave = load_utterance(utt, cfg.sample_rate)
         except AudioError as err:
             if self.waveforms:
                 return WaveItem(utt.id, torch.zeros(0), 0, torch.zeros(0, 3, dtype=torch.long), targets, utt.text,

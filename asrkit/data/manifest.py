@@ -1,8 +1,17 @@
-"""JSONL manifests: one `Utterance` per line, errors reported as file:line."""
+"""JSONL manifests: one `Utterance` per line, errors reported as file:line.
+
+Keys (NeMo-compatible): audio_filepath, duration (seconds), text; optional id, speaker and offset (seconds into the
+file where the utterance starts: the line is then the span [offset, offset + duration) of a longer recording, and
+several lines may share one file). Any other key is kept in `Utterance.extra` and written back.
+
+A line without `id` gets the audio file's stem ("rec" for rec.wav), plus "@<offset>" in seconds when it has an
+offset ("rec@12.5", "rec@0"), so the lines that cut one recording into pieces get distinct ids.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +20,7 @@ from asrkit.errors import AsrkitError
 from asrkit.records import Utterance
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
-_KNOWN = {"id", "audio_filepath", "duration", "text", "speaker"}
+_KNOWN = {"id", "audio_filepath", "duration", "text", "speaker", "offset"}
 
 
 class ManifestError(AsrkitError):
@@ -42,9 +51,33 @@ def parse_line(line: str, where: str, base_dir: Path) -> Utterance:
     audio = str(obj["audio_filepath"])
     if not os.path.isabs(audio):
         audio = str((base_dir / audio).resolve())
-    utt_id = str(obj.get("id") or Path(audio).stem)
+    offset = _offset(obj.get("offset"), where)
+    utt_id = str(obj.get("id") or default_id(audio, offset))
     extra = {k: v for k, v in obj.items() if k not in _KNOWN}
-    return Utterance(utt_id, audio, duration, text, str(obj.get("speaker", "") or ""), extra)
+    return Utterance(utt_id, audio, duration, text, str(obj.get("speaker", "") or ""), extra, offset)
+
+
+def _offset(value: object, where: str) -> float | None:
+    """The `offset` key: None when absent (or null), else seconds >= 0."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError
+        offset = float(value)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: offset {value!r} is not a number (seconds into the audio file)") from None
+    if not (math.isfinite(offset) and offset >= 0):
+        raise ManifestError(f"{where}: offset {offset} must be a number of seconds >= 0")
+    return offset
+
+
+def default_id(audio: str, offset: float | None) -> str:
+    """The id of a line without one: the file's stem, plus "@<offset in seconds>" when the line has an offset."""
+    stem = Path(audio).stem
+    if offset is None:
+        return stem
+    return f"{stem}@{f'{offset:.6f}'.rstrip('0').rstrip('.')}"
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
@@ -60,7 +93,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 continue
             utt = parse_line(line, f"{path}:{lineno}", path.parent)
             if utt.id in seen:
-                raise ManifestError(f"{path}:{lineno}: duplicate id {utt.id!r} (first at line {seen[utt.id]})")
+                raise ManifestError(f"{path}:{lineno}: duplicate id {utt.id!r} (first at line {seen[utt.id]}); "
+                                    "a line without an id gets its audio file's name (plus @offset when it has "
+                                    "one): give each line a distinct id")
             seen[utt.id] = lineno
             utts.append(utt)
     if not utts:
