@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Self
 
 import torch
 
@@ -38,8 +39,25 @@ class Utterance:
         return out
 
 
+class _TensorFields:
+    """`.to` and `.pin_memory` for a record dataclass: every tensor field moved or pinned, the others kept."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # set by @dataclass on the subclasses
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Self:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Self:
+        """Page-locked copies (the DataLoader's pin_memory thread calls this), for asynchronous copies to a GPU."""
+        return self._map(lambda t: t.pin_memory() if t.numel() else t)  # an empty tensor has nothing to pin
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Self:
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: fn(v) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
 @dataclass
-class Batch:
+class Batch(_TensorFields):
     """A padded mini-batch. Shapes: feats (B, T, F), feat_lens (B,), targets (B, U), target_lens (B,)."""
 
     ids: list[str]
@@ -50,23 +68,24 @@ class Batch:
     texts: list[str]
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items that could not be loaded
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return replace(
-            self,
-            feats=self.feats.to(device, non_blocking=non_blocking),
-            feat_lens=self.feat_lens.to(device, non_blocking=non_blocking),
-            targets=self.targets.to(device, non_blocking=non_blocking),
-            target_lens=self.target_lens.to(device, non_blocking=non_blocking),
-        )
 
-    def pin_memory(self) -> Batch:
-        return replace(
-            self,
-            feats=self.feats.pin_memory(),
-            feat_lens=self.feat_lens.pin_memory(),
-            targets=self.targets.pin_memory(),
-            target_lens=self.target_lens.pin_memory(),
-        )
+@dataclass
+class WaveBatch(_TensorFields):
+    """A padded mini-batch of waveforms whose features are made on the training device
+    (asrkit.data.device_features: `DeviceFeaturizer.batch` turns it into a `Batch`).
+
+    Shapes: waves (B, S) each centre-padded (`centre_pad`) then zero-padded, feat_lens (B,) the frames each
+    utterance gives, masks (B, K, 3) SpecAugment masks (K = 0 without augmentation), targets (B, U),
+    target_lens (B,)."""
+
+    ids: list[str]
+    waves: torch.Tensor
+    feat_lens: torch.Tensor
+    masks: torch.Tensor
+    targets: torch.Tensor
+    target_lens: torch.Tensor
+    texts: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items that could not be loaded
 
 
 @dataclass

@@ -36,7 +36,7 @@ from asrkit import experiment
 from asrkit.average import epoch_checkpoints
 from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
-from asrkit.data.device_features import DeviceFeaturizer, WaveBatch
+from asrkit.data.device_features import DeviceFeaturizer
 from asrkit.data.features import Featurizer
 from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
 from asrkit.data.manifest import read_manifest
@@ -45,7 +45,7 @@ from asrkit.distributed import Group, restore_rng, rng_state
 from asrkit.errors import AsrkitError
 from asrkit.models import ASRModel, build_model
 from asrkit.progress import Progress, say
-from asrkit.records import Batch, Utterance
+from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.transcribe import decode_utterances, score
 
 

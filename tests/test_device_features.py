@@ -4,6 +4,7 @@ and torch.compile options of the single-GPU data path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -16,13 +17,13 @@ import torch
 from conftest import FSDD_ASSETS
 
 from asrkit.config import FeatureConfig, build_config
-from asrkit.data.device_features import DeviceFeaturizer, WaveBatch, centre_pad
+from asrkit.data.device_features import DeviceFeaturizer, centre_pad
 from asrkit.data.features import Featurizer, apply_masks, draw_masks, spec_augment
 from asrkit.data.loader import SpeechDataset, collate, collate_waves
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.errors import AsrkitError
 from asrkit.models import build_model
-from asrkit.records import Batch, Utterance
+from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.train import _compile, _load_optimizer, fit
 
 CPU = torch.device("cpu")
@@ -212,3 +213,15 @@ def test_resumed_optimizer_keeps_this_runs_implementation() -> None:
     _load_optimizer(here, saved.state_dict())
     assert here.param_groups[0]["foreach"] is None and here.param_groups[0]["fused"] is None
     assert torch.equal(here.state_dict()["state"][0]["exp_avg"], saved.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("kind", [Batch, WaveBatch])
+def test_records_move_every_tensor_field_and_keep_the_rest(kind: type[Batch] | type[WaveBatch]) -> None:
+    values = {f.name: torch.ones(2, 3) for f in dataclasses.fields(kind) if f.type in ("torch.Tensor", torch.Tensor)}
+    batch = kind(ids=["a", "b"], texts=["x", "y"], failed=[("c", "unreadable")], **values)  # type: ignore[arg-type]
+    moved = batch.to("meta")
+    for name in values:
+        assert getattr(moved, name).device.type == "meta", name
+        assert getattr(batch, name).device.type == "cpu", name  # a new record; the old one is unchanged
+    assert (moved.ids, moved.texts, moved.failed) == (batch.ids, batch.texts, batch.failed)
+    assert len(values) == (4 if kind is Batch else 5)

@@ -12,14 +12,11 @@ Shapes: B batch, S samples of the longest padded waveform, T frames, F mel bins,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-
 import torch
 import torch.nn.functional as F
 
 from asrkit.data.features import LOG_FLOOR, Featurizer, apply_masks
-from asrkit.records import Batch
+from asrkit.records import Batch, WaveBatch
 
 
 def centre_pad(wave: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -77,32 +74,3 @@ class DeviceFeaturizer:
         batch = batch.to(self.device, non_blocking=True)
         feats = self(batch.waves, batch.feat_lens, batch.masks, max_frames)
         return Batch(batch.ids, feats, batch.feat_lens, batch.targets, batch.target_lens, batch.texts, batch.failed)
-
-
-@dataclass
-class WaveBatch:
-    """A padded mini-batch of waveforms whose features are made on the device (`DeviceFeaturizer.batch`).
-
-    Shapes: waves (B, S) each centre-padded (`centre_pad`) then zero-padded, feat_lens (B,) the frames each
-    utterance gives, masks (B, K, 3) SpecAugment masks (K = 0 without augmentation), targets (B, U),
-    target_lens (B,)."""
-
-    ids: list[str]
-    waves: torch.Tensor
-    feat_lens: torch.Tensor
-    masks: torch.Tensor
-    targets: torch.Tensor
-    target_lens: torch.Tensor
-    texts: list[str]
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items that could not be loaded
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> WaveBatch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> WaveBatch:
-        """Page-locked copies (the DataLoader's pin_memory thread calls this), for asynchronous copies to a GPU."""
-        return self._map(lambda t: t.pin_memory() if t.numel() else t)  # nothing to pin in masks (B, 0, 3)
-
-    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> WaveBatch:
-        return replace(self, waves=fn(self.waves), feat_lens=fn(self.feat_lens), masks=fn(self.masks),
-                       targets=fn(self.targets), target_lens=fn(self.target_lens))

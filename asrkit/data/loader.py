@@ -12,11 +12,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asrkit.data.audio import load_utterance
-from asrkit.data.device_features import WaveBatch, centre_pad
+from asrkit.data.device_features import centre_pad
 from asrkit.data.features import Featurizer, NoiseSource, draw_masks, spec_augment
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.records import Batch, Utterance
+from asrkit.records import Batch, Utterance, WaveBatch
 
 
 @dataclass
