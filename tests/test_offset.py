@@ -258,9 +258,9 @@ def test_span_of_a_truncated_file_is_an_audio_error(tmp_path: Path,
 # --- evaluation and long-audio cutting -----------------------------------------------------------------
 
 
-def test_evaluate_decodes_each_span(manifest: Path, tmp_path: Path,
-                                    recording: Recording) -> None:
-    """An untrained but deterministic model: the offset lines decode exactly as the separate recordings."""
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, recording: Recording) -> Path:
+    """An untrained but deterministic small DS2 checkpoint, statistics from the separate recordings."""
     cfg = build_config({"model": {"rnn_hidden": 32, "rnn_layers": 2, "conv_channels": 4},
                         "features": {"n_mels": 40}})
     tok = CharTokenizer.train(["zero one two"])
@@ -269,8 +269,13 @@ def test_evaluate_decodes_each_span(manifest: Path, tmp_path: Path,
     torch.manual_seed(0)
     net = build_model(cfg, 40, len(tok.vocab))
     net.eval()
-    model = tmp_path / "model.pt"
-    save_checkpoint(model, config=cfg, tokenizer=tok, featurizer=feat, model=net)
+    path = tmp_path_factory.mktemp("offset-model") / "model.pt"
+    save_checkpoint(path, config=cfg, tokenizer=tok, featurizer=feat, model=net)
+    return path
+
+
+def test_evaluate_decodes_each_span(manifest: Path, tmp_path: Path, recording: Recording, model: Path) -> None:
+    """An untrained but deterministic model: the offset lines decode exactly as the separate recordings."""
     separate = tmp_path / "separate.jsonl"
     write_manifest(separate, separate_utterances(recording))
     cut = evaluate(model, manifest, device="cpu")
@@ -313,18 +318,7 @@ def test_feature_statistics_read_each_span(manifest: Path, recording: Recording)
     assert list(skipped) == ["bad"] and "past the end" in skipped["bad"]
 
 
-def test_evaluate_leaves_out_only_the_bad_line(manifest: Path, tmp_path: Path,
-                                               recording: Recording) -> None:
-    cfg = build_config({"model": {"rnn_hidden": 32, "rnn_layers": 2, "conv_channels": 4},
-                        "features": {"n_mels": 40}})
-    tok = CharTokenizer.train(["zero one two"])
-    feat = Featurizer(cfg.features)
-    feat.fit_stats([load_audio(p, 16000) for p in recording[1]])
-    torch.manual_seed(0)
-    net = build_model(cfg, 40, len(tok.vocab))
-    net.eval()
-    model = tmp_path / "model.pt"
-    save_checkpoint(model, config=cfg, tokenizer=tok, featurizer=feat, model=net)
+def test_evaluate_leaves_out_only_the_bad_line(manifest: Path, tmp_path: Path, model: Path) -> None:
     utts = read_manifest(manifest)
     late = [Utterance(f"late{k}", utts[0].audio_filepath, 0.5, "one", offset=100.0 + k) for k in range(2)]
     mixed = tmp_path / "mixed.jsonl"
