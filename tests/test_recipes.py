@@ -1,22 +1,26 @@
 """Recipes: every run.sh parses and has a --help, every conf/*.toml loads, and the staged scripts run end to end
 on tiny data (the embedded FSDD subset, generated AN4 and LibriSpeech miniatures) with a two-step training
-budget, skipping their finished stages on a second run."""
+budget, skipping their finished stages on a second run. The LM stages run for real on FSDD where KenLM's tools
+are installed, and against a stub asrkit everywhere (its command lines, and a clean skip without lmplz)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ASSETS, ROOT
+from conftest import ASSETS, ROOT, needs_kenlm_tools
 from test_prepare_an4 import make_an4
 from test_prepare_librispeech import make_librispeech
 
+from asrkit import lm_build
 from asrkit.config import load_config
+from asrkit.errors import AsrkitError
 
 RECIPES = ROOT / "recipes"
 RUN_SCRIPTS = sorted(RECIPES.glob("*/run.sh"))
@@ -57,6 +61,11 @@ def test_run_sh_parses(script: Path) -> None:
     assert os.access(script, os.X_OK), f"{script} is not executable (chmod +x)"
 
 
+def test_common_sh_parses() -> None:
+    """recipes/common.sh, which every run.sh sources (bash -n on a run.sh does not read it)."""
+    subprocess.run(["bash", "-n", str(RECIPES / "common.sh")], check=True, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("script", RUN_SCRIPTS, ids=lambda p: p.parent.name)
 def test_run_sh_help(script: Path) -> None:
     out = run_recipe(script, "--help").stdout
@@ -77,15 +86,52 @@ def test_every_corpus_recipe_has_the_three_models_and_results() -> None:
         assert (folder / "run.sh").is_file() and (folder / "RESULTS.md").is_file()
 
 
-def test_fsdd_recipe_end_to_end(tmp_path: Path) -> None:
-    script = RECIPES / "fsdd" / "run.sh"
-    args = ["--fsdd", str(ASSETS / "fsdd"), "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"),
-            *TINY_SETS]
-    run_recipe(script, *args)
-    scores = (tmp_path / "exp" / "scores.txt").read_text(encoding="utf-8")
+FSDD_SCRIPT = RECIPES / "fsdd" / "run.sh"
+
+
+@pytest.fixture(scope="module")
+def fsdd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Path, str]:
+    """The FSDD recipe run once with its defaults (every stage, the LM ones where KenLM's tools are installed) on
+    the embedded subset: (its arguments, data, exp, its standard output)."""
+    tmp = tmp_path_factory.mktemp("fsdd")
+    args = ["--fsdd", str(ASSETS / "fsdd"), "--data", str(tmp / "data"), "--exp", str(tmp / "exp"), *TINY_SETS]
+    return args, tmp / "data", tmp / "exp", run_recipe(FSDD_SCRIPT, *args, timeout=300).stdout
+
+
+def test_fsdd_recipe_end_to_end(fsdd_run: tuple[list[str], Path, Path, str]) -> None:
+    args, _, exp, _ = fsdd_run
+    scores = (exp / "scores.txt").read_text(encoding="utf-8")
     assert re.search(r"^dev: WER \d+\.\d+%", scores, re.M) and re.search(r"^test: WER \d+\.\d+%", scores, re.M), scores
-    again = run_recipe(script, *args, "--stop-stage", "1").stdout
+    again = run_recipe(FSDD_SCRIPT, *args, "--stop-stage", "1").stdout
     assert re.search(r"\[stage 0\] skip", again) and re.search(r"\[stage 1\] skip", again), again
+
+
+@needs_kenlm_tools
+def test_fsdd_lm_stages(fsdd_run: tuple[list[str], Path, Path, str]) -> None:
+    """Stage 4 builds a word 4-gram of the training transcripts, stage 5 tunes alpha / beta on dev into
+    exp/decode/lm_tune.json (not beside the model, so stages 2-3 stay without the LM) and decodes dev and test
+    with both; a rerun keeps all of it."""
+    args, data, exp, out = fsdd_run
+    lm = data / "lm" / "train_4gram.bin"
+    assert f"[stage 4] build a 4-gram word LM from {data}/train.jsonl -> {lm}" in out, out
+    assert lm.stat().st_size > 0 and (data / "lm" / "train_4gram.arpa").read_text().startswith("\\data\\")
+    tuned = exp / "decode" / "lm_tune.json"
+    decode = json.loads(tuned.read_text(encoding="utf-8"))["decode"]
+    assert Path(decode["lm"]) == lm and 0 <= decode["alpha"] <= 2 and 0 <= decode["beta"] <= 16, decode
+    assert not (exp / "tune.json").exists()
+    for split in ("dev", "test"):
+        report = json.loads((exp / "decode" / "lm" / f"{split}.json").read_text(encoding="utf-8"))
+        assert Path(report["decoding"]["lm"]) == lm and report["decoding"]["alpha"] == decode["alpha"], report
+        assert report["manifest"] == str(data / f"{split}.jsonl")
+        assert json.loads((exp / f"{split}.report.json").read_text(encoding="utf-8"))["decoding"] == "greedy"
+    scores = (exp / "scores_lm.txt").read_text(encoding="utf-8").splitlines()
+    assert [line.split(":")[0] for line in scores] == ["dev lm", "test lm"], scores
+    assert all(re.search(r": WER \d+\.\d+%  CER .*LM alpha", line) for line in scores), scores
+
+    again = run_recipe(FSDD_SCRIPT, *args, "--stage", "4").stdout
+    assert f"[stage 4] skip: {lm} exists" in again and f"[stage 5] skip: {tuned} exists" in again, again
+    assert f"skip: {exp}/decode/lm/dev.txt exists" in again and "evaluate" not in again, again
+    assert (exp / "scores_lm.txt").read_text(encoding="utf-8").splitlines() == scores
 
 
 def test_an4_recipe_on_a_miniature(tmp_path: Path) -> None:
@@ -183,3 +229,52 @@ def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, monke
         assert len(evaluations) == 2 and not any("--greedy" in c or "--lm" in c for c in evaluations)
         assert [line.split(":")[0] for line in scores] == ["dev nolm", "test nolm"]
     assert all(line.endswith("WER 12.50%  CER 5.00%  (2 utterances; report r.json)") for line in scores)
+
+
+def _missing_kenlm_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What `asrkit lm build` prints (then exit 2) where KenLM's lmplz is not installed."""
+    with monkeypatch.context() as patch:
+        patch.setattr(lm_build, "TOOL_DIR", tmp_path / "no-kenlm")
+        patch.setenv("PATH", str(tmp_path / "no-kenlm"))
+        with pytest.raises(AsrkitError) as err:
+            lm_build.find_tool("lmplz")
+    return f"error: {err.value}"
+
+
+@pytest.mark.parametrize("kenlm", [True, False], ids=["kenlm", "no-kenlm"])
+def test_fsdd_lm_stages_call_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kenlm: bool) -> None:
+    """Stages 4-5 against the stub asrkit: the 4-gram of train.jsonl, alpha / beta tuned on dev over FSDD's
+    ranges, dev and test decoded with them; where lmplz is missing both stages skip with a message, exit 0."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = STUB_ASRKIT
+    if not kenlm:
+        error = _missing_kenlm_error(tmp_path, monkeypatch)
+        stub = stub.replace('  "lm build") ', f'  "lm build") echo {shlex.quote(error)} >&2; exit 2; ')
+        assert stub != STUB_ASRKIT
+    (bin_dir / "asrkit").write_text(stub)
+    (bin_dir / "asrkit").chmod(0o755)
+    data, exp, log = tmp_path / "data", tmp_path / "exp", tmp_path / "calls.log"
+    data.mkdir()
+    exp.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.jsonl").write_text('{"id": "a", "text": "one two"}\n')
+    (exp / "last.pt").touch()
+    monkeypatch.setenv("ASRKIT_STUB_LOG", str(log))
+    out = run_recipe(FSDD_SCRIPT, "--stage", "4", "--data", str(data), "--exp", str(exp), "--device", "cpu",
+                     bin_dir=bin_dir).stdout
+    calls = [c for c in log.read_text().splitlines() if not c.endswith("--help")]
+    lm = data / "lm" / "train_4gram"
+    assert calls[0] == f"lm build {data}/train.jsonl --out {lm} --order 4"
+    if not kenlm:
+        assert calls == calls[:1] and not (exp / "decode").exists(), calls
+        assert "[stage 4] skip: KenLM's lmplz / build_binary not found" in out, out
+        assert f"[stage 5] skip: no LM at {lm}.bin" in out, out
+        return
+    tuned = exp / "decode" / "lm_tune.json"
+    assert calls[1] == (f"tune {exp} {data}/dev.jsonl --lm {lm}.bin --out {tuned} --device cpu --no-progress "
+                        "--alpha-range 0,2 --beta-range 0,16")
+    assert calls[2:] == [f"evaluate {exp} {data}/{split}.jsonl --report {exp}/decode/lm/{split}.json --device cpu "
+                         f"--decode-params {tuned}" for split in ("dev", "test")]
+    scores = (exp / "scores_lm.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in scores] == ["dev lm", "test lm"], scores

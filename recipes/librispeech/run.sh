@@ -27,53 +27,27 @@
 # --data data, --lm-order 4. A mirror for --download: $ASRKIT_LIBRISPEECH_URL.
 # Only the asrkit CLI is called (plus shell basics). Paths are relative to this folder.
 set -euo pipefail
-cd "$(dirname "$0")"
-self=$(basename "$0")
+# shellcheck source=SCRIPTDIR/../common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../common.sh"  # shared options, helpers and stages; cd to this folder
 
-stage=0
-stop_stage=100
-model=ds2
 corpus_dir=${LIBRISPEECH_DIR:-}
 download=false
 subsets=dev-clean,dev-other,test-clean,test-other,train-clean-100,train-clean-360,train-other-500
-data=data
 lm_text=
 lm_prune=
 lm_prune_given=false
-exp=
-conf=
-sets=()
-use_lm=true
 lm_order=4
-workers=4
-device=auto
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --model) model=$2; shift 2 ;;
     --corpus-dir) corpus_dir=$2; shift 2 ;;
     --download) download=true; shift ;;
     --subsets) subsets=$2; shift 2 ;;
     --lm-text) lm_text=$2; shift 2 ;;
     --lm-prune) lm_prune=$2; lm_prune_given=true; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --conf) conf=$2; shift 2 ;;
-    --set) sets+=(--set "$2"); shift 2 ;;
-    --no-lm) use_lm=false; shift ;;
-    --lm-order) lm_order=$2; shift 2 ;;
-    --workers) workers=$2; shift 2 ;;
-    --device) device=$2; shift 2 ;;
-    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$self"; exit 0 ;;
-    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) common_option "$@"; shift "$nargs" ;;
   esac
 done
-case "$model" in
-  ds2|las|rnnt) ;;
-  *) echo "run.sh: --model $model: choose ds2, las or rnnt (conf/<model>.toml)" >&2; exit 2 ;;
-esac
-conf=${conf:-conf/$model.toml}
+check_model
 exp=${exp:-exp/$model}
 IFS=, read -r -a subset_list <<< "$subsets"
 train_subsets=(); dev_subsets=(); eval_subsets=()
@@ -93,41 +67,6 @@ else
   lm_name=train
 fi
 lm=$data/lm/${lm_name}_${lm_order}gram
-
-run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-log() { echo "$(date '+%F %T') [stage $1] $2"; }
-die() { echo "run.sh: $*" >&2; exit 2; }
-# has_option CMD... OPTION: true when `asrkit CMD... --help` lists OPTION (false when CMD does not exist).
-has_option() {
-  local opt=${*: -1} help
-  help=$(asrkit "${@:1:$#-1}" --help 2>/dev/null) || return 1
-  [[ $help =~ (^|[^-a-z])$opt([^-a-z]|$) ]]
-}
-# ok_or_skipped RC FILE: asrkit exits 3 when it finished but left some inputs out (listed in FILE); 1 is a crash.
-ok_or_skipped() {
-  [ "$1" -eq 0 ] && return 0
-  if [ "$1" -eq 3 ] && [ -s "$2" ]; then echo "run.sh: warning: some inputs were left out, see $2" >&2; return 0; fi
-  exit "$1"
-}
-# is_ctc: the model family of $conf (after the --set overrides) decodes CTC emissions (DeepSpeech2)
-is_ctc() {
-  local family arg
-  family=$(sed -n 's/^[[:space:]]*family[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$conf" | tail -n 1)
-  for arg in "${sets[@]}"; do
-    case "$arg" in model.family=*) family=${arg#model.family=}; family=${family//\"/} ;; esac
-  done
-  [ "${family:-deepspeech2}" = deepspeech2 ]
-}
-summarize() {  # manifest -> "name: N utterances, H h, S speakers"
-  awk -v name="$(basename "$1" .jsonl)" '
-    match($0, /"duration": *[0-9.eE+-]+/) { s = substr($0, RSTART, RLENGTH); sub(/.*: */, "", s); secs += s }
-    match($0, /"speaker": *"[^"]*"/) { spk[substr($0, RSTART, RLENGTH)] = 1 }
-    { n++ }
-    END {
-      k = 0; for (x in spk) k++
-      printf "%s: %d utterances, %.2f h, %d speaker%s\n", name, n, secs / 3600, k, k == 1 ? "" : "s"
-    }' "$1"
-}
 
 if run_stage 0; then
   source_opts=()
@@ -161,94 +100,22 @@ if run_stage 0; then
 fi
 
 if run_stage 1; then
-  [ -s "$data/train.jsonl" ] || die "$data/train.jsonl missing or empty; run stage 0 first"
-  fresh=true
-  for s in "${subset_list[@]}"; do [ "$data/summary.txt" -nt "$data/$s.jsonl" ] || fresh=false; done
-  if [ "$fresh" = true ]; then
-    log 1 "skip: $data/summary.txt is up to date"
-  else
-    log 1 "check manifests (the tokenizer is trained by asrkit train from train.jsonl, see $conf)"
-    for s in "${subset_list[@]}"; do summarize "$data/$s.jsonl"; done > "$data/summary.txt"
-  fi
-  cat "$data/summary.txt"
+  manifests=(); for s in "${subset_list[@]}"; do manifests+=("$data/$s.jsonl"); done
+  stage_check 1 "${manifests[@]}"
 fi
 
-if run_stage 2; then
-  if [ -f "$exp/.done" ]; then log 2 "skip: $exp/.done exists"; else
-    resume=(); [ -f "$exp/last.pt" ] && resume=(--resume)
-    log 2 "train $conf -> $exp ${resume[*]:-}"
-    start=$(date +%s)
-    rc=0
-    asrkit train "$conf" --data "$data" --exp "$exp" --no-progress "${sets[@]}" "${resume[@]}" || rc=$?
-    ok_or_skipped "$rc" "$exp/skipped.tsv"
-    echo "train_seconds=$(( $(date +%s) - start ))" >> "$exp/timing.txt"
-    touch "$exp/.done"
-  fi
-fi
+if run_stage 2; then stage_train 2 --no-progress; fi
 
 if run_stage 3; then
-  if [ "$use_lm" != true ]; then log 3 "skip: --no-lm"
-  elif [ -f "$lm.bin" ]; then log 3 "skip: $lm.bin exists"
-  elif ! asrkit lm build --help > /dev/null 2>&1; then
-    log 3 "skip: this asrkit has no \`asrkit lm build\`; decoding without an LM"
-  else
-    text=${lm_text:-$data/train.jsonl}
-    prune_opts=(); [ -n "$lm_prune" ] && prune_opts=(--prune "$lm_prune")
-    log 3 "build a ${lm_order}-gram word LM from $text ${prune_opts[*]:-} -> $lm.bin"
-    asrkit lm build "$text" --out "$lm" --order "$lm_order" "${prune_opts[@]}"
-  fi
+  prune_opts=(); [ -n "$lm_prune" ] && prune_opts=(--prune "$lm_prune")
+  stage_lm 3 "${lm_text:-$data/train.jsonl}" "${prune_opts[@]}"
 fi
 
 if run_stage 4; then
-  [ -f "$exp/best.pt" ] || [ -f "$exp/last.pt" ] || die "no checkpoint in $exp; run stage 2 first"
+  need_checkpoint 2
   splits=(); for s in "${eval_subsets[@]}"; do [ -s "$data/$s.jsonl" ] && splits+=("$s"); done
   [ ${#splits[@]} -gt 0 ] || die "no dev-* or test-* manifest in $data (see --subsets)"
-  decoders=(nolm)
-  nolm_opts=()  # CTC: greedy, ignoring a tune.json beside the model; LAS / RNN-T: the model's own search
-  if is_ctc && has_option evaluate --greedy; then nolm_opts=(--greedy); fi
-  lm_opts=()
-  if [ "$use_lm" = true ] && [ -f "$lm.bin" ] && is_ctc && has_option evaluate --lm; then
-    decoders+=(lm)
-    lm_opts=(--lm "$lm.bin")
-    if [ -s "$data/dev.jsonl" ] && has_option tune --lm && has_option evaluate --decode-params; then
-      tuned=$exp/decode/lm_tune.json
-      if [ -f "$tuned" ]; then log 4 "skip: $tuned exists"; else
-        log 4 "tune LM weights on dev -> $tuned"
-        mkdir -p "$exp/decode"
-        asrkit tune "$exp" "$data/dev.jsonl" --lm "$lm.bin" --out "$tuned" --device "$device" --no-progress
-      fi
-      lm_opts=(--decode-params "$tuned")
-    fi
-  elif [ "$use_lm" = true ] && [ -f "$lm.bin" ]; then
-    log 4 "not using $lm.bin: the model is not CTC or \`asrkit evaluate\` has no --lm"
-  fi
-  for dec in "${decoders[@]}"; do
-    mkdir -p "$exp/decode/$dec"
-    for s in "${splits[@]}"; do
-      out=$exp/decode/$dec/$s
-      if [ -f "$out.txt" ]; then log 4 "skip: $out.txt exists"; continue; fi
-      if [ "$dec" = nolm ]; then opts=("${nolm_opts[@]}"); else opts=("${lm_opts[@]}"); fi
-      log 4 "evaluate $s ($dec) -> $out.json"
-      rc=0
-      asrkit evaluate "$exp" "$data/$s.jsonl" --report "$out.json" --device "$device" "${opts[@]}" > "$out.tmp" || rc=$?
-      cat "$out.tmp"
-      if [ "$rc" -eq 3 ]; then  # finished, but some utterances could not be read: the WER is not of the whole split
-        echo "run.sh: some utterances of $data/$s.jsonl could not be read (named above, listed in $out.json);" \
-          "fix or remove them, then rerun stage 4" >&2
-        exit 3
-      fi
-      [ "$rc" -eq 0 ] || { echo "run.sh: asrkit evaluate failed (exit $rc)" >&2; exit "$rc"; }
-      mv "$out.tmp" "$out.txt"
-    done
-  done
+  stage_decode 4 "${splits[@]}"
 fi
 
-if run_stage 5; then
-  results=()
-  for f in "$exp"/decode/nolm/*.txt "$exp"/decode/lm/*.txt; do [ -f "$f" ] && results+=("$f"); done
-  [ ${#results[@]} -gt 0 ] || die "no decoding results in $exp/decode; run stage 4 first"
-  log 5 "collect WER / CER -> $exp/scores.txt"
-  for f in "${results[@]}"; do
-    echo "$(basename "$f" .txt) $(basename "$(dirname "$f")"): $(cat "$f")"
-  done | tee "$exp/scores.txt"
-fi
+if run_stage 5; then stage_score 5; fi
