@@ -66,6 +66,16 @@ def _check_workers(workers: int) -> None:
         raise AsrkitError(f"--workers {workers} must be at least 1")
 
 
+def _report_failures(failures: list[Any], total: int, noun: str, note: str = "", ids: bool = False) -> None:
+    """Each input that failed on stderr (`error: PATH: REASON`, plus the utterance id with `ids`), then
+    "N of TOTAL NOUN failed" and EXIT_PARTIAL; nothing when none failed."""
+    for f in failures:
+        typer.echo(f"error: {f.path}: {f.reason}" + (f" (utterance {f.id})" if ids and f.id else ""), err=True)
+    if failures:
+        typer.echo(f"{len(failures)} of {total} {noun} failed{note}", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
+
+
 SHOW_SKIPPED = 20  # prepare names this many skipped inputs on stderr; skipped.tsv lists them all
 
 
@@ -294,11 +304,7 @@ def _transcribe_stream(model: Path, audio: list[Path], out: Path | None, format:
     finally:
         if out is not None:
             sink.close()
-    for f in failures:
-        typer.echo(f"error: {f.path}: {f.reason}", err=True)
-    if failures:
-        typer.echo(f"{len(failures)} of {len(audio)} inputs failed", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
+    _report_failures(failures, len(audio), "inputs")
 
 
 lm_app = typer.Typer(help="Word n-gram language models (KenLM) for CTC beam search.", no_args_is_help=True)
@@ -433,11 +439,7 @@ def transcribe(
 
         written, _ = plot_alignments(model, audio, plot_attention, device=device, batch_size=batch_size)
         typer.echo(f"{len(written)} attention plot(s) in {plot_attention}", err=True)
-    for f in failures:
-        typer.echo(f"error: {f.path}: {f.reason}", err=True)
-    if failures:
-        typer.echo(f"{len(failures)} of {len(audio)} files failed", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
+    _report_failures(failures, len(audio), "files")
 
 
 @app.command()
@@ -475,12 +477,8 @@ def evaluate(
         f", LM alpha {decode.alpha:g} beta {decode.beta:g}" if decode.lm else "")
     typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, {how}; "
                f"report {report})")
-    for f in result.failures:
-        typer.echo(f"error: {f.path}: {f.reason}", err=True)
-    if result.failures:
-        typer.echo(f"{len(result.failures)} of {len(result.utterances) + len(result.failures)} utterances failed "
-                   "(left out of the WER; listed in the report)", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
+    _report_failures(result.failures, len(result.utterances) + len(result.failures), "utterances",
+                     " (left out of the WER; listed in the report)", ids=True)
 
 
 class TuneMethod(StrEnum):
@@ -488,7 +486,6 @@ class TuneMethod(StrEnum):
     random = "random"
 
 
-# (4) a new command, after `evaluate`:
 @app.command()
 @user_errors
 def tune(
@@ -525,10 +522,8 @@ def tune(
                  base=LMDecodeOptions(beam_size=beam_size, backend=backend), device=device, batch_size=batch_size,
                  workers=workers, progress=progress)
     typer.echo(result.summary())
-    for f in result.failures:
-        typer.echo(f"error: {f.path}: {f.reason}", err=True)
-    if result.failures:
-        raise typer.Exit(EXIT_PARTIAL)
+    _report_failures(result.failures, result.utterances + len(result.failures), "utterances",
+                     " (left out of the tuning)", ids=True)
 
 
 def main() -> None:

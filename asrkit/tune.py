@@ -46,7 +46,8 @@ class TuneResult:
     trials: list[Trial]
     options: LMDecodeOptions  # the settings written to `path`
     path: Path
-    failures: list[Failure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)  # dev utterances left out (unreadable audio)
+    utterances: int = 0  # dev utterances tuned on
 
     def summary(self) -> str:
         text = (f"best alpha {self.best.alpha:g} beta {self.best.beta:g}: dev WER {self.best.wer:.2%} CER "
@@ -147,7 +148,7 @@ def tune(model: str | Path, manifest: str | Path, lm: str | Path, *, out: str | 
     write_decode_params(out, chosen, best=best, greedy=(greedy_wer, greedy_cer), trials=done,
                         meta={"model": str(checkpoint), "manifest": str(manifest), "method": method,
                               "utterances": len(rows)})
-    return TuneResult(best, greedy_wer, greedy_cer, done, chosen, out, failures)
+    return TuneResult(best, greedy_wer, greedy_cer, done, chosen, out, failures, len(rows))
 
 
 def write_decode_params(path: str | Path, options: LMDecodeOptions, *, best: Trial | None = None,

@@ -11,8 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import FSDD_ASSETS
+from typer.testing import CliRunner
 
 from asrkit.checkpoint import save_checkpoint
+from asrkit.cli import EXIT_PARTIAL, app
 from asrkit.config import FeatureConfig, build_config
 from asrkit.data.audio import SPAN_END_SLACK, load_audio, load_span, load_utterance, write_audio
 from asrkit.data.features import Featurizer
@@ -327,3 +329,10 @@ def test_evaluate_leaves_out_only_the_bad_line(manifest: Path, tmp_path: Path, m
     assert [u.id for u in result.utterances] == [u.id for u in utts]  # the good lines of that file are scored
     assert [(f.id, f.path) for f in result.failures] == [(u.id, u.audio_filepath) for u in late]  # each bad one named
     assert "offset 100.00 s is past the end" in result.failures[0].reason
+    # The command line names each failed line by its utterance id, as their files are the same.
+    run = CliRunner().invoke(app, ["evaluate", str(model), str(mixed), "--device", "cpu", "--report",
+                                   str(tmp_path / "report.json")])
+    assert run.exit_code == EXIT_PARTIAL, run.output
+    for u in late:
+        assert f"error: {u.audio_filepath}: " in run.stderr and f"(utterance {u.id})" in run.stderr
+    assert "2 of 5 utterances failed" in run.stderr
