@@ -225,3 +225,29 @@ def test_records_move_every_tensor_field_and_keep_the_rest(kind: type[Batch] | t
         assert getattr(batch, name).device.type == "cpu", name  # a new record; the old one is unchanged
     assert (moved.ids, moved.texts, moved.failed) == (batch.ids, batch.texts, batch.failed)
     assert len(values) == (4 if kind is Batch else 5)
+
+
+def test_bf16_autocast_trains_float32_weights_close_to_fp32(tmp_path: Path) -> None:
+    """train.precision = bf16 (the default on CUDA) through the same loop on the CPU, with device features: the
+    step runs under autocast (the weights move differently from an fp32 run) and the saved weights stay float32."""
+    data = make_data(tmp_path)
+    states = {}
+    for precision in ("fp32", "bf16"):
+        cfg = build_config({**TINY, "train": {**TINY["train"], "features_on": "device", "precision": precision}})
+        result = fit(cfg, data, tmp_path / precision, progress=False)
+        assert result.steps == 4 and not result.skipped
+        states[precision] = torch.load(tmp_path / precision / "last.pt", weights_only=True)["model"]
+    moved = 0.0
+    for key, value in states["fp32"].items():
+        other = states["bf16"][key]
+        assert other.dtype == value.dtype, key  # master weights and BatchNorm statistics in float32
+        if value.is_floating_point():
+            torch.testing.assert_close(other, value, rtol=0, atol=2e-2, msg=key)
+            moved = max(moved, float((other - value).abs().max()))
+    assert moved > 1e-4  # bf16 rounding changed the steps: autocast was on
+
+
+def test_unknown_precision_is_an_error(tmp_path: Path) -> None:
+    cfg = build_config({**TINY, "train": {**TINY["train"], "precision": "fp16"}})
+    with pytest.raises(AsrkitError, match="unknown train.precision 'fp16'; valid: auto, bf16, fp32"):
+        fit(cfg, make_data(tmp_path), tmp_path / "exp", progress=False)
