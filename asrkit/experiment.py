@@ -27,10 +27,10 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "device", "save_every
 def check_train_config(cfg: Config) -> None:
     """The train settings a TOML type check cannot catch, named with their valid values."""
     t = cfg.train
-    for name, value, valid in (("features_on", t.features_on, ("auto", "device", "workers")),
+    for key, choice, valid in (("features_on", t.features_on, ("auto", "device", "workers")),
                                ("precision", t.precision, ("auto", "bf16", "fp32"))):
-        if value not in valid:
-            raise AsrkitError(f"unknown train.{name} {value!r}; valid: {', '.join(valid)}")
+        if choice not in valid:
+            raise AsrkitError(f"unknown train.{key} {choice!r}; valid: {', '.join(valid)}")
     for name, value, low in (("accum_steps", t.accum_steps, 1), ("patience", t.patience, 0),
                              ("keep_epochs", t.keep_epochs, 0)):
         if value < low:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,6 +137,7 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
     Inputs longer than `segment_seconds` are cut at pauses, decoded piece by piece and stitched into one
     hypothesis (asrkit.longform; memory stays bounded); 0 decodes every input whole."""
     check_segment_seconds(segment_seconds)
+    decode = _own_search(loaded, decode)
     unreadable: list[AudioError] = []
     rows = split_long(utts, segment_seconds, None if failures is None else unreadable)
     if failures is not None:  # the inputs without rows are those that could not be cut, in order
@@ -153,6 +154,22 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
             ready = next(done, None)
         else:
             yield utt, [Hypothesis("")]
+
+
+def _own_search(loaded: Loaded, decode: LMDecodeOptions | None) -> LMDecodeOptions | None:
+    """`decode` as it is for a CTC model (beam search over its emissions). A model with a search of its own (LAS,
+    RNN-T) takes `decode.beam_size` into that search instead and gets None; an LM setting is then an error."""
+    if decode is None or hasattr(loaded.model, "emissions"):
+        return decode
+    defaults = LMDecodeOptions()
+    ctc_only = [f.name for f in fields(decode)
+                if f.name not in ("beam_size", "nbest") and getattr(decode, f.name) != getattr(defaults, f.name)]
+    if ctc_only:
+        raise AsrkitError(f"{loaded.path}: a {loaded.config.model.family} model decodes with its own search; "
+                          f"{', '.join(ctc_only)} (LM beam search) apply to CTC models (deepspeech2) only. "
+                          "--beam-size alone sets that search's beam (1: greedy)")
+    loaded.model.set_search(decode.beam_size)
+    return None
 
 
 def _decode_pieces(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device | None,
@@ -357,6 +374,8 @@ def decode_options(model: str | Path, *, decode_params: str | Path | None = None
         return replace(base, **given)
     except TypeError as err:
         raise AsrkitError(str(err)) from None
+
+
 def write_report(path: str | Path, result: EvalResult, **meta: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -494,3 +494,16 @@ def read_gray_png(data: bytes) -> tuple[int, int, bytes]:
     raw = zlib.decompress(idat)
     assert len(raw) == height * (width + 1)
     return width, height, b"".join(raw[y * (width + 1) + 1 : (y + 1) * (width + 1)] for y in range(height))
+
+
+def test_beam_size_option_sets_the_las_search(trained: tuple[Path, Path, Path]) -> None:
+    """`asrkit evaluate --beam-size K` on LAS: its own search with a beam of K, the other settings kept."""
+    corpus, data, exp = trained
+    model, tok, feats, lens = loaded_batch(data, exp)
+    before = model.search
+    model.set_search(1)
+    assert model.search == replace(before, beam_size=1, nbest=1)
+    assert sorted(h.text for h in model.decode(feats, lens, tok)) == sorted(WORDS)
+    result = CliRunner().invoke(app, ["evaluate", str(exp / "last.pt"), str(data / "train.jsonl"), "--beam-size", "2",
+                                      "--report", str(corpus / "beam2.json")])
+    assert result.exit_code == 0 and "WER 0.00%" in result.stdout and "beam 2" in result.stdout, result.output

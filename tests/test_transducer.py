@@ -331,3 +331,31 @@ def test_overfits_a_tiny_corpus_and_transcribes_it(trained: tuple[Path, Path]) -
     feats = loaded.featurizer(load_audio(wavs[2], 16000))
     nbest = model.decode_nbest(feats[None], torch.tensor([len(feats)]), loaded.tokenizer)[0]
     assert nbest[0].text == "two" and len(nbest) == 2 and nbest[0].score > nbest[1].score
+
+
+def test_beam_size_option_picks_the_transducers_own_search(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """`evaluate/transcribe --beam-size K` on a transducer: its own beam search of K (1: greedy), not CTC LM
+    beam search; an LM option is an error that says so."""
+    from typer.testing import CliRunner
+
+    from asrkit.checkpoint import load_checkpoint
+    from asrkit.cli import EXIT_USER_ERROR, app
+    from asrkit.data.manifest import read_manifest
+    from asrkit.decoding import LMDecodeOptions
+    from asrkit.transcribe import decode_nbest
+
+    data, exp = trained
+    utts = read_manifest(data / "dev.jsonl")
+    for beam, search in ((1, "greedy"), (3, "beam")):
+        loaded = load_checkpoint(exp, "cpu")
+        assert isinstance(loaded.model, Transducer) and loaded.model.decoding == "greedy"  # as trained (TINY)
+        found = list(decode_nbest(loaded, utts, decode=LMDecodeOptions(beam_size=beam)))
+        assert (loaded.model.decoding, loaded.model.beam_size) == (search, beam)
+        assert [hyps[0].text for _, hyps in found] == WORDS
+    run = CliRunner().invoke(app, ["evaluate", str(exp), str(data / "dev.jsonl"), "--beam-size", "3", "--device",
+                                   "cpu", "--report", str(tmp_path / "r.json")])
+    assert run.exit_code == 0 and "WER 0.00%" in run.stdout and "beam 3" in run.stdout, run.output
+    run = CliRunner().invoke(app, ["evaluate", str(exp), str(data / "dev.jsonl"), "--alpha", "1", "--lm",
+                                   str(tmp_path / "x.bin"), "--device", "cpu"])
+    assert run.exit_code == EXIT_USER_ERROR
+    assert "a transducer model decodes with its own search; lm, alpha (LM beam search)" in run.stderr

@@ -335,6 +335,12 @@ class Transducer(ASRModel):
                            self.joint_max_elements)
         return total / len(batch.ids)
 
+    def set_search(self, beam_size: int) -> None:
+        if beam_size < 1:
+            raise ValueError(f"beam size {beam_size} must be at least 1 (1: greedy)")
+        self.decoding, self.beam_size = ("greedy" if beam_size == 1 else "beam"), beam_size
+        self.nbest = min(self.nbest, beam_size)
+
     def new_search(self, batch: int, device: torch.device) -> GreedySearch | BeamSearch:
         if self.decoding == "greedy":
             return GreedySearch(self.predictor, self.joiner, batch, self.max_symbols, device)
