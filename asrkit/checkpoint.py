@@ -93,6 +93,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """--device / train.device: auto (the first GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AsrkitError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AsrkitError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AsrkitError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return device
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     """Rebuild config, tokenizer, featurizer and model (in eval mode) from a checkpoint file."""
     resolved = resolve_checkpoint(path)

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from asrkit.checkpoint import pick_device
 from asrkit.errors import AsrkitError
 from asrkit.models import ASRModel
 from asrkit.records import Batch
-from asrkit.transcribe import pick_device
 
 T = TypeVar("T")
 

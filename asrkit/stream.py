@@ -27,13 +27,13 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from asrkit.checkpoint import Loaded, load_checkpoint
+from asrkit.checkpoint import Loaded, load_checkpoint, pick_device
 from asrkit.data.audio import load_audio
 from asrkit.data.features import LOG_FLOOR, Featurizer
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.progress import say
 from asrkit.records import Hypothesis
-from asrkit.transcribe import Failure, pick_device
+from asrkit.transcribe import Failure
 
 MIN_CHUNK_MS, MAX_CHUNK_MS = 10, 10_000
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from asrkit.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
+from asrkit.checkpoint import Loaded, load_checkpoint, pick_device, resolve_checkpoint
 from asrkit.data.audio import audio_info, load_utterance
 from asrkit.data.loader import Item, collate
 from asrkit.data.manifest import read_manifest
@@ -55,14 +55,6 @@ class EvalResult:
     cer: float
     utterances: list[Scored] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AsrkitError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def _load_batches(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device,

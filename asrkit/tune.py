@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from asrkit.checkpoint import load_checkpoint, resolve_checkpoint
+from asrkit.checkpoint import load_checkpoint, pick_device, resolve_checkpoint
 from asrkit.data.manifest import read_manifest
 from asrkit.decoding import DecoderPool, LMDecodeOptions
 from asrkit.errors import AsrkitError
 from asrkit.lm import resolve_lm
 from asrkit.metrics import ErrorRate
 from asrkit.progress import Progress
-from asrkit.transcribe import DECODE_PARAMS_NAME, Failure, compute_emissions, decode_workers, pick_device
+from asrkit.transcribe import DECODE_PARAMS_NAME, Failure, compute_emissions, decode_workers
 
 METHODS = ("grid", "random")
 

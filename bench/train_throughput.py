@@ -185,13 +185,13 @@ def main() -> None:
 
     import torch
 
+    from asrkit.checkpoint import pick_device
     from asrkit.config import build_config, parse_sets
     from asrkit.data.loader import DurationBatchSampler
     from asrkit.data.manifest import read_manifest, write_manifest
     from asrkit.data.tokenizer import train_tokenizer
     from asrkit.models import build_model
     from asrkit.train import _set_cpu_threads
-    from asrkit.transcribe import pick_device
 
     device = pick_device(args.device)
     if args.threads:

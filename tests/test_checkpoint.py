@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from asrkit.checkpoint import VERSION, load_checkpoint, read_checkpoint, resolve_checkpoint, save_checkpoint
+from asrkit.checkpoint import (
+    VERSION,
+    load_checkpoint,
+    pick_device,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from asrkit.config import Config, build_config
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import CharTokenizer, Tokenizer, train_tokenizer
@@ -306,3 +313,25 @@ def test_resolve_missing_path(tmp_path: Path) -> None:
     with pytest.raises(AsrkitError, match="not found") as info:
         load_checkpoint(missing)
     assert str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("gpu", "unknown device 'gpu'; valid: auto, cpu, cuda, cuda:N"),
+    ("cuda:x", "unknown device 'cuda:x'; valid: auto, cpu, cuda, cuda:N"),
+])
+def test_pick_device_names_a_bad_device(name: str, message: str) -> None:
+    with pytest.raises(AsrkitError, match=message):
+        pick_device(name)
+
+
+def test_pick_device_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(AsrkitError, match="CUDA is not available here; use --device cpu"):
+        pick_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(AsrkitError, match="'cuda:2': this machine has 2 GPU"):
+        pick_device("cuda:2")
