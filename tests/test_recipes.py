@@ -197,21 +197,29 @@ esac
 """
 
 
-@pytest.mark.parametrize("model", ["ds2", "las"])
-def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stages 3-5 against a stub asrkit whose CLI has `lm build`, `tune` and `evaluate --lm`: the word LM is
-    built from train.jsonl, tuned on dev and used by CTC models only."""
+def stub_recipe_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                     stub: str = STUB_ASRKIT) -> tuple[Path, Path, Path, Path]:
+    """A stub `asrkit` (logging its calls) in bin/, data/ with train/dev/test manifests of one line of `text`,
+    exp/ with a checkpoint: (bin, data, exp, call log)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "asrkit").write_text(STUB_ASRKIT)
+    (bin_dir / "asrkit").write_text(stub)
     (bin_dir / "asrkit").chmod(0o755)
     data, exp, log = tmp_path / "data", tmp_path / "exp", tmp_path / "calls.log"
     data.mkdir()
     exp.mkdir()
     for split in ("train", "dev", "test"):
-        (data / f"{split}.jsonl").write_text('{"id": "a", "text": "yes"}\n')
+        (data / f"{split}.jsonl").write_text(json.dumps({"id": "a", "text": text}) + "\n")
     (exp / "last.pt").touch()
     monkeypatch.setenv("ASRKIT_STUB_LOG", str(log))
+    return bin_dir, data, exp, log
+
+
+@pytest.mark.parametrize("model", ["ds2", "las"])
+def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages 3-5 against a stub asrkit whose CLI has `lm build`, `tune` and `evaluate --lm`: the word LM is
+    built from train.jsonl, tuned on dev and used by CTC models only."""
+    bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "yes")
     run_recipe(RECIPES / "an4" / "run.sh", "--stage", "3", "--model", model, "--data", str(data), "--exp",
                str(exp), "--device", "cpu", bin_dir=bin_dir)
     calls = [c for c in log.read_text().splitlines() if not c.endswith("--help")]
@@ -245,22 +253,12 @@ def _missing_kenlm_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str
 def test_fsdd_lm_stages_call_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kenlm: bool) -> None:
     """Stages 4-5 against the stub asrkit: the 4-gram of train.jsonl, alpha / beta tuned on dev over FSDD's
     ranges, dev and test decoded with them; where lmplz is missing both stages skip with a message, exit 0."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     stub = STUB_ASRKIT
     if not kenlm:
         error = _missing_kenlm_error(tmp_path, monkeypatch)
         stub = stub.replace('  "lm build") ', f'  "lm build") echo {shlex.quote(error)} >&2; exit 2; ')
         assert stub != STUB_ASRKIT
-    (bin_dir / "asrkit").write_text(stub)
-    (bin_dir / "asrkit").chmod(0o755)
-    data, exp, log = tmp_path / "data", tmp_path / "exp", tmp_path / "calls.log"
-    data.mkdir()
-    exp.mkdir()
-    for split in ("train", "dev", "test"):
-        (data / f"{split}.jsonl").write_text('{"id": "a", "text": "one two"}\n')
-    (exp / "last.pt").touch()
-    monkeypatch.setenv("ASRKIT_STUB_LOG", str(log))
+    bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "one two", stub)
     out = run_recipe(FSDD_SCRIPT, "--stage", "4", "--data", str(data), "--exp", str(exp), "--device", "cpu",
                      bin_dir=bin_dir).stdout
     calls = [c for c in log.read_text().splitlines() if not c.endswith("--help")]
