@@ -160,7 +160,7 @@ def _own_search(loaded: Loaded, decode: LMDecodeOptions | None) -> LMDecodeOptio
         raise AsrkitError(f"{loaded.path}: a {loaded.config.model.family} model decodes with its own search; "
                           f"{', '.join(ctc_only)} (LM beam search) apply to CTC models (deepspeech2) only. "
                           "--beam-size alone sets that search's beam (1: greedy)")
-    loaded.model.set_search(decode.beam_size)
+    loaded.model.set_search(decode.beam_size, decode.nbest)
     return None
 
 
@@ -169,7 +169,7 @@ def _decode_pieces(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, d
                    workers: int) -> Iterator[list[Hypothesis]]:
     """decode_nbest without the cutting of long inputs: one n-best list per utterance, in input order."""
     if decode is None:
-        yield from ([h] for _, h in _decode_greedy(loaded, utts, batch_size, device, failures))
+        yield from (hyps for _, hyps in _decode_own(loaded, utts, batch_size, device, failures))
         return
     for chunk in _chunks(utts):
         rows = list(compute_emissions(loaded, chunk, batch_size=batch_size, device=device, failures=failures))
@@ -205,18 +205,24 @@ def decode_workers(workers: int, n_utterances: int) -> int:
     return max(1, min(workers, n_utterances // MIN_UTTERANCES_PER_WORKER))
 
 
-def _decode_greedy(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device | None,
-                   failures: list[Failure] | None) -> Iterator[tuple[Utterance, Hypothesis]]:
+def _decode_own(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device | None,
+                failures: list[Failure] | None) -> Iterator[tuple[Utterance, list[Hypothesis]]]:
+    """Each utterance decoded by the model itself (CTC greedy; the search of LAS and RNN-T, with its n-best
+    list when it has one), in input order."""
     device = device or next(loaded.model.parameters()).device
+    model, shift = loaded.model, loaded.featurizer.frame_shift
+    nbest_of = getattr(model, "decode_nbest", None)
 
-    def batches() -> Iterator[tuple[int, Hypothesis]]:
+    def batches() -> Iterator[tuple[int, list[Hypothesis]]]:
         for idx, batch in _load_batches(loaded, utts, batch_size, device, failures):
             if batch is None:
-                yield idx[0], Hypothesis("")
+                yield idx[0], [Hypothesis("")]
                 continue
-            hyps = loaded.model.decode(batch.feats, batch.feat_lens, loaded.tokenizer,
-                                       frame_shift=loaded.featurizer.frame_shift)
-            yield from zip(idx, hyps, strict=True)
+            if nbest_of is not None:
+                lists = nbest_of(batch.feats, batch.feat_lens, loaded.tokenizer, frame_shift=shift)
+            else:
+                lists = [[h] for h in model.decode(batch.feats, batch.feat_lens, loaded.tokenizer, frame_shift=shift)]
+            yield from zip(idx, lists, strict=True)
 
     yield from zip(utts, _in_input_order(batches()), strict=True)
 

@@ -346,12 +346,13 @@ def test_beam_size_option_picks_the_transducers_own_search(trained: tuple[Path, 
 
     data, exp = trained
     utts = read_manifest(data / "dev.jsonl")
-    for beam, search in ((1, "greedy"), (3, "beam")):
+    for beam, nbest, search in ((1, 1, "greedy"), (3, 2, "beam")):
         loaded = load_checkpoint(exp, "cpu")
         assert isinstance(loaded.model, Transducer) and loaded.model.decoding == "greedy"  # as trained (TINY)
-        found = list(decode_nbest(loaded, utts, decode=LMDecodeOptions(beam_size=beam)))
+        found = list(decode_nbest(loaded, utts, decode=LMDecodeOptions(beam_size=beam, nbest=nbest)))
         assert (loaded.model.decoding, loaded.model.beam_size) == (search, beam)
         assert [hyps[0].text for _, hyps in found] == WORDS
+        assert all(len(hyps) == nbest for _, hyps in found)  # --nbest: the search's n-best list comes back
     run = CliRunner().invoke(app, ["evaluate", str(exp), str(data / "dev.jsonl"), "--beam-size", "3", "--device",
                                    "cpu", "--report", str(tmp_path / "r.json")])
     assert run.exit_code == 0 and "WER 0.00%" in run.stdout and "beam 3" in run.stdout, run.output

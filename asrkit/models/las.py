@@ -308,9 +308,10 @@ class LAS(ASRModel):
             loss = (1 - self.teaching.ctc_weight) * loss + self.teaching.ctc_weight * ctc
         return loss
 
-    def set_search(self, beam_size: int) -> None:
-        """Beam size of the search (1: greedy, unless CTC or LM scores are mixed in); the other settings stay."""
-        self.search = replace(self.search, beam_size=beam_size, nbest=min(self.search.nbest, beam_size))
+    def set_search(self, beam_size: int, nbest: int = 1) -> None:
+        """Beam size (1: greedy, unless CTC or LM scores are mixed in) and n-best length of the search; its other
+        settings stay."""
+        self.search = replace(self.search, beam_size=beam_size, nbest=nbest)
 
     def _search(self, feats: torch.Tensor, feat_lens: torch.Tensor,
                 tokenizer: Tokenizer) -> tuple[list[list[Found]], list[int]]:

@@ -30,10 +30,10 @@ class ASRModel(nn.Module):
         """Transcripts of (B, T, F) features; `frame_shift` is the feature hop in seconds."""
         raise NotImplementedError
 
-    def set_search(self, beam_size: int) -> None:
-        """Make `decode` use the model's own search with this beam (1: greedy), in place of the one in its
-        config (`asrkit evaluate/transcribe --beam-size` on LAS and RNN-T). CTC models have no search of their
-        own: their emissions are beam-searched by asrkit.decoding."""
+    def set_search(self, beam_size: int, nbest: int = 1) -> None:
+        """Make `decode` / `decode_nbest` use the model's own search with this beam (1: greedy) and n-best list
+        length, in place of the ones in its config (`asrkit evaluate/transcribe --beam-size/--nbest` on LAS and
+        RNN-T). CTC models have no search of their own: their emissions are beam-searched by asrkit.decoding."""
         raise NotImplementedError(f"{type(self).__name__} has no search of its own")
 
 

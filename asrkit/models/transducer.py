@@ -335,11 +335,11 @@ class Transducer(ASRModel):
                            self.joint_max_elements)
         return total / len(batch.ids)
 
-    def set_search(self, beam_size: int) -> None:
-        if beam_size < 1:
-            raise ValueError(f"beam size {beam_size} must be at least 1 (1: greedy)")
+    def set_search(self, beam_size: int, nbest: int = 1) -> None:
+        if beam_size < 1 or not 1 <= nbest <= beam_size:
+            raise ValueError(f"need beam size >= 1 (1: greedy) and 1 <= nbest <= beam size, got {beam_size}, {nbest}")
         self.decoding, self.beam_size = ("greedy" if beam_size == 1 else "beam"), beam_size
-        self.nbest = min(self.nbest, beam_size)
+        self.nbest = nbest
 
     def new_search(self, batch: int, device: torch.device) -> GreedySearch | BeamSearch:
         if self.decoding == "greedy":
