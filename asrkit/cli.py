@@ -354,7 +354,8 @@ def _decode_settings(model: Path, decode_params: Path | None, greedy: bool, lm: 
 # Options shared by `transcribe` and `evaluate` (beam search with an n-gram LM).
 LmOpt = Annotated[Path | None, typer.Option("--lm", help="KenLM model (.bin / .arpa from `asrkit lm build`): "
                                             "beam search with the LM.")]
-BeamOpt = Annotated[int | None, typer.Option(help="Beams kept per frame (default 32, or the tuned value).")]
+BeamOpt = Annotated[int | None, typer.Option(help="CTC models: beams kept per frame (default 32, or the tuned value); "
+                                             "LAS and RNN-T: the beam of their own search (1: greedy).")]
 AlphaOpt = Annotated[float | None, typer.Option(help="LM weight (default 0.5, or the tuned value).")]
 BetaOpt = Annotated[float | None, typer.Option(help="Word insertion bonus (default 1.0, or the tuned value).")]
 HotwordOpt = Annotated[list[str] | None, typer.Option("--hotword", help="Word or phrase to boost (repeatable).")]
