@@ -474,10 +474,8 @@ def evaluate(
         report = resolve_checkpoint(model).parent / f"{manifest.stem}.report.json"
     result = run(model, manifest, report=report, device=device, batch_size=batch_size, decode=decode,
                  workers=workers, segment_seconds=_segment_seconds(segment_seconds))
-    how = "greedy" if decode is None else f"beam {decode.beam_size}" + (
-        f", LM alpha {decode.alpha:g} beta {decode.beta:g}" if decode.lm else "")
-    typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, {how}; "
-               f"report {report})")
+    typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, "
+               f"{result.decoding}; report {report})")
     _report_failures(result.failures, len(result.utterances) + len(result.failures), "utterances",
                      " (left out of the WER; listed in the report)", ids=True)
 

@@ -55,6 +55,7 @@ class EvalResult:
     cer: float
     utterances: list[Scored] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    decoding: str = "greedy"  # how it was decoded, e.g. "beam 32, LM alpha 0.5 beta 1" or LAS's "beam 4 + CTC 0.3"
 
 
 def _load_batches(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, device: torch.device,
@@ -308,10 +309,17 @@ def evaluate(model: str | Path, manifest: str | Path, *, report: str | Path | No
     failed = {f.id for f in failures}
     result = score([(u, h) for u, h in pairs if u.id not in failed])
     result.failures = failures
+    lm_search = decode is not None and hasattr(loaded.model, "emissions")  # else the model's own, maybe set_search
+    result.decoding = decode_name(decode) if decode is not None and lm_search else loaded.model.search_name()
     if report is not None:
         write_report(report, result, model=str(loaded.path), manifest=str(manifest),
-                     decoding=decode.to_json() if decode else "greedy")
+                     decoding=decode.to_json() if decode is not None and lm_search else result.decoding)
     return result
+
+
+def decode_name(decode: LMDecodeOptions) -> str:
+    """CTC beam-search settings in a few words: "beam 32, LM alpha 0.5 beta 1"."""
+    return f"beam {decode.beam_size}" + (f", LM alpha {decode.alpha:g} beta {decode.beta:g}" if decode.lm else "")
 
 
 # ------------------------------------------------------------------------------------------------------

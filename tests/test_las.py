@@ -507,3 +507,11 @@ def test_beam_size_option_sets_the_las_search(trained: tuple[Path, Path, Path]) 
     result = CliRunner().invoke(app, ["evaluate", str(exp / "last.pt"), str(data / "train.jsonl"), "--beam-size", "2",
                                       "--report", str(corpus / "beam2.json")])
     assert result.exit_code == 0 and "WER 0.00%" in result.stdout and "beam 2" in result.stdout, result.output
+
+
+def test_search_name_says_what_decode_does() -> None:
+    model = make_las(beam_size=1)
+    assert model.search_name() == "greedy"
+    model.set_search(3, 2)
+    assert model.search_name() == "beam 3" and model.search.nbest == 2
+    assert make_las(ctc_weight=0.5, ctc_decode_weight=0.3).search_name() == "beam 4 + CTC 0.3"

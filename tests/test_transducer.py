@@ -360,3 +360,12 @@ def test_beam_size_option_picks_the_transducers_own_search(trained: tuple[Path, 
                                    str(tmp_path / "x.bin"), "--device", "cpu"])
     assert run.exit_code == EXIT_USER_ERROR
     assert "a transducer model decodes with its own search; lm, alpha (LM beam search)" in run.stderr
+
+
+def test_search_name_follows_set_search() -> None:
+    model = make_model()
+    assert model.search_name() == "greedy"
+    model.set_search(4, 2)
+    assert (model.search_name(), model.nbest) == ("beam 4", 2)
+    with pytest.raises(ValueError, match="1 <= nbest <= beam size"):
+        model.set_search(2, 3)

@@ -308,6 +308,14 @@ class LAS(ASRModel):
             loss = (1 - self.teaching.ctc_weight) * loss + self.teaching.ctc_weight * ctc
         return loss
 
+    def search_name(self) -> str:
+        s = self.search
+        ctc = s.ctc_weight if self.ctc is not None else 0.0
+        lm = s.lm_weight if s.lm_path else 0.0
+        if s.beam_size == 1 and not ctc and not lm:
+            return "greedy"
+        return f"beam {s.beam_size}" + (f" + CTC {ctc:g}" if ctc else "") + (f" + LM {lm:g}" if lm else "")
+
     def set_search(self, beam_size: int, nbest: int = 1) -> None:
         """Beam size (1: greedy, unless CTC or LM scores are mixed in) and n-best length of the search; its other
         settings stay."""

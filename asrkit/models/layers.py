@@ -30,6 +30,10 @@ class ASRModel(nn.Module):
         """Transcripts of (B, T, F) features; `frame_shift` is the feature hop in seconds."""
         raise NotImplementedError
 
+    def search_name(self) -> str:
+        """How `decode` searches, for reports: "greedy" (CTC), or the model's own search and its settings."""
+        return "greedy"
+
     def set_search(self, beam_size: int, nbest: int = 1) -> None:
         """Make `decode` / `decode_nbest` use the model's own search with this beam (1: greedy) and n-best list
         length, in place of the ones in its config (`asrkit evaluate/transcribe --beam-size/--nbest` on LAS and

@@ -335,6 +335,9 @@ class Transducer(ASRModel):
                            self.joint_max_elements)
         return total / len(batch.ids)
 
+    def search_name(self) -> str:
+        return "greedy" if self.decoding == "greedy" else f"beam {self.beam_size}"
+
     def set_search(self, beam_size: int, nbest: int = 1) -> None:
         if beam_size < 1 or not 1 <= nbest <= beam_size:
             raise ValueError(f"need beam size >= 1 (1: greedy) and 1 <= nbest <= beam size, got {beam_size}, {nbest}")
