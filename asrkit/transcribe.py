@@ -303,17 +303,17 @@ def evaluate(model: str | Path, manifest: str | Path, *, report: str | Path | No
     """Decode a manifest and score it; writes a JSON report (overall + per utterance) when asked."""
     loaded = load_checkpoint(model, pick_device(device))
     utts = read_manifest(manifest)
+    decode = _own_search(loaded, decode)  # None: the model decodes itself (CTC greedy, LAS / RNN-T search)
     failures: list[Failure] = []
     pairs = list(decode_utterances(loaded, utts, batch_size=batch_size, failures=failures, decode=decode,
                                    workers=workers, segment_seconds=segment_seconds))
     failed = {f.id for f in failures}
     result = score([(u, h) for u, h in pairs if u.id not in failed])
     result.failures = failures
-    lm_search = decode is not None and hasattr(loaded.model, "emissions")  # else the model's own, maybe set_search
-    result.decoding = decode_name(decode) if decode is not None and lm_search else loaded.model.search_name()
+    result.decoding = loaded.model.search_name() if decode is None else decode_name(decode)
     if report is not None:
         write_report(report, result, model=str(loaded.path), manifest=str(manifest),
-                     decoding=decode.to_json() if decode is not None and lm_search else result.decoding)
+                     decoding=result.decoding if decode is None else decode.to_json())
     return result
 
 
