@@ -151,7 +151,8 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
 
 def _own_search(loaded: Loaded, decode: LMDecodeOptions | None) -> LMDecodeOptions | None:
     """`decode` as it is for a CTC model (beam search over its emissions). A model with a search of its own (LAS,
-    RNN-T) takes `decode.beam_size` into that search instead and gets None; an LM setting is then an error."""
+    RNN-T) takes `decode.beam_size` and `decode.nbest` into that search instead and gets None; an LM setting is then
+    an error."""
     if decode is None or hasattr(loaded.model, "emissions"):
         return decode
     defaults = LMDecodeOptions()
