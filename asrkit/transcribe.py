@@ -131,12 +131,10 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
     hypothesis (asrkit.longform; memory stays bounded); 0 decodes every input whole."""
     check_segment_seconds(segment_seconds)
     decode = _own_search(loaded, decode)
-    unreadable: list[AudioError] = []
+    unreadable: list[tuple[Utterance, AudioError]] = []
     rows = split_long(utts, segment_seconds, None if failures is None else unreadable)
-    if failures is not None:  # the inputs without rows are those that could not be cut, in order
-        cut = {i for i, _ in rows}
-        lost = [u for i, u in enumerate(utts) if i not in cut]
-        failures.extend(Failure(err.path, err.reason, u.id) for err, u in zip(unreadable, lost, strict=True))
+    if failures is not None:
+        failures.extend(Failure(err.path, err.reason, u.id) for u, err in unreadable)
     pieces = [u for _, u in rows]
     results = _decode_pieces(loaded, pieces, batch_size, device, failures, decode, workers)
     done = regroup(utts, rows, zip(pieces, results, strict=True))
