@@ -48,9 +48,7 @@ class Group:
         if world <= 1:
             return cls(0, 1, pick_device(device_name))
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if device_name.startswith("cuda") and not torch.cuda.is_available():
-            raise AsrkitError(f"train.device {device_name!r}, but CUDA is not available here; use cpu")
-        cuda = device_name != "cpu" and torch.cuda.is_available()
+        cuda = pick_device(device_name.split(":")[0]).type == "cuda"  # the name checked; each rank takes its own GPU
         if cuda and local_rank >= torch.cuda.device_count():
             raise AsrkitError(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPU(s): start "
                               "at most one process per GPU (torchrun --nproc-per-node)")
