@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 LM_STAMP := $(VENV)/.lm-installed-stamp
 
-.PHONY: install install-lm demo test lint bench clean kenlm docker-check
+.PHONY: install install-lm demo test test-fast lint bench clean kenlm docker-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,16 @@ install-lm: $(LM_STAMP)
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/fsdd/demo.sh
 
+# What CI runs: the Docker checks, ruff, mypy and every test (the slow ones included).
 test: $(LM_STAMP)
 	VENV=$(VENV) bash scripts/ci_docker.sh
 	$(BIN)/ruff check asrkit tests bench
+	$(BIN)/mypy asrkit
 	$(BIN)/python -m pytest -q
+
+# The tests without the `slow` marker (no training to convergence, recipe runs, torchrun or kill / resume).
+test-fast: $(LM_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # KenLM's lmplz and build_binary, built from the kenlm source distribution into tools/kenlm/bin.
 kenlm:

@@ -1,14 +1,18 @@
-"""Checkpoint averaging: the mean of the weights of the last N epoch checkpoints (EXP/epoch-<k>.pt, kept by
-training with train.keep_epochs >= N) is usually a little better than any one of them.
+"""Checkpoint averaging: the mean of the weights of several epoch checkpoints (EXP/epoch-<k>.pt, kept by training
+with train.keep_epochs) is usually a little better than any one of them. Either the last N (`--last N`) or the N
+with the lowest dev WER (`--best N`, ESPnet's valid.acc.ave), ranked by the dev WER each epoch checkpoint records
+in its training history (training with a dev.jsonl).
 
 Floating-point tensors are averaged (in float64, stored in their own dtype); integer buffers such as BatchNorm's
-num_batches_tracked are the newest checkpoint's, as are the config, tokenizer and feature statistics.
+num_batches_tracked are the newest averaged checkpoint's, as are the config, tokenizer and feature statistics.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,19 +28,55 @@ def epoch_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def average(exp_dir: str | Path, last: int, out: str | Path | None = None) -> Path:
-    """Average the last `last` epoch checkpoints of exp_dir into `out` (default EXP/averaged-last<N>.pt)."""
+def recorded_dev_wer(train_state: dict[str, Any], epoch: int) -> float | None:
+    """The dev WER that training recorded for `epoch` in a checkpoint's training state (its history), or None
+    (trained without a dev.jsonl, or not an epoch-end checkpoint)."""
+    for record in train_state.get("history") or []:
+        if isinstance(record, dict) and record.get("epoch") == epoch and "dev_wer" in record:
+            wer = float(record["dev_wer"])
+            return None if math.isnan(wer) else wer
+    return None
+
+
+def lowest_dev_wer(found: list[tuple[int, Path]], n: int) -> list[tuple[int, Path]]:
+    """The n of the (epoch, path) checkpoints with the lowest recorded dev WER (a tie goes to the newer epoch),
+    oldest first. Every checkpoint must record its dev WER."""
+    ranked, missing = [], []
+    for epoch, path in found:
+        wer = recorded_dev_wer(read_checkpoint(path).get("train") or {}, epoch)
+        if wer is None:
+            missing.append(path.name)
+        else:
+            ranked.append((wer, -epoch, epoch, path))
+    if missing:
+        raise AsrkitError(f"{found[0][1].parent}: no dev WER recorded in {', '.join(missing)}, so --best cannot rank "
+                          f"{'it' if len(missing) == 1 else 'them'}; train with a dev.jsonl in --data (its WER is "
+                          f"measured after every epoch), or average the newest ones with --last {n}")
+    return sorted((epoch, path) for _, _, epoch, path in sorted(ranked)[:n])
+
+
+def average(exp_dir: str | Path, last: int | None = None, out: str | Path | None = None, *,
+            best: int | None = None) -> Path:
+    """Average the `last` newest epoch checkpoints of exp_dir, or the `best` ones with the lowest dev WER, into
+    `out` (default EXP/averaged-last<N>.pt or EXP/averaged-best<N>.pt)."""
     exp_dir = Path(exp_dir)
-    if last < 1:
-        raise AsrkitError(f"--last {last}: average at least 1 checkpoint")
+    if last is not None and best is not None:
+        raise AsrkitError(f"--last {last} and --best {best} are mutually exclusive: average the newest epoch "
+                          "checkpoints (--last N) or those with the lowest dev WER (--best N)")
+    if last is None and best is None:
+        raise AsrkitError("give --last N (the newest N epoch checkpoints) or --best N (the N with the lowest dev WER)")
+    option, n = ("--last", last) if last is not None else ("--best", best)
+    assert n is not None
+    if n < 1:
+        raise AsrkitError(f"{option} {n}: average at least 1 checkpoint")
     if not exp_dir.is_dir():
         raise AsrkitError(f"experiment folder {exp_dir} not found")
     found = epoch_checkpoints(exp_dir)
-    if len(found) < last:
+    if len(found) < n:
         have = ", ".join(p.name for _, p in found) or "none"
-        raise AsrkitError(f"{exp_dir}: {len(found)} epoch checkpoint(s) ({have}), fewer than --last {last}; "
-                          f"train with --set train.keep_epochs={last} (or more) to keep them, or average fewer")
-    paths = [p for _, p in found[-last:]]
+        raise AsrkitError(f"{exp_dir}: {len(found)} epoch checkpoint(s) ({have}), fewer than {option} {n}; "
+                          f"train with --set train.keep_epochs={n} (or more) to keep them, or average fewer")
+    paths = [p for _, p in (found[-n:] if best is None else lowest_dev_wer(found, n))]
     newest = load_checkpoint(paths[-1])  # its config, tokenizer and features; checks the weights fit the model
     reference = newest.model.state_dict()
     sums = {k: v.to(torch.float64, copy=True) for k, v in reference.items() if v.is_floating_point()}
@@ -47,12 +87,11 @@ def average(exp_dir: str | Path, last: int, out: str | Path | None = None) -> Pa
                               "average checkpoints of one training run only")
         for key in sums:
             sums[key] += weights[key].double()
-    averaged = {k: (sums[k] / last).to(v.dtype) if k in sums else v for k, v in reference.items()}
+    averaged = {k: (sums[k] / n).to(v.dtype) if k in sums else v for k, v in reference.items()}
     newest.model.load_state_dict(averaged)
-    out = Path(out) if out is not None else exp_dir / f"averaged-last{last}.pt"
+    out = Path(out) if out is not None else exp_dir / f"averaged-{option[2:]}{n}.pt"
     state = {"averaged": [p.name for p in paths], "step": newest.state.get("step", 0),
              "epoch": newest.state.get("epoch", 0)}
     save_checkpoint(out, config=newest.config, tokenizer=newest.tokenizer, featurizer=newest.featurizer,
                     model=newest.model, train_state=state)
     return out
-

@@ -6,7 +6,6 @@ plain containers, and refuses anything that would need an arbitrary class or fun
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from asrkit.config import Config, config_from_dict
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
 from asrkit.errors import AsrkitError
+from asrkit.io import atomic_open
 from asrkit.models import ASRModel, build_model
 
 VERSION = 1
@@ -37,7 +37,7 @@ class Loaded:
 
 def save_checkpoint(path: str | Path, *, config: Config, tokenizer: Tokenizer, featurizer: Featurizer,
                     model: ASRModel, train_state: dict[str, Any] | None = None) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
+    """Written with `atomic_open` (temp file in the same folder, fsync, rename): a kill never leaves half a file."""
     path = Path(path)
     payload = {
         "version": VERSION,
@@ -47,15 +47,8 @@ def save_checkpoint(path: str | Path, *, config: Config, tokenizer: Tokenizer, f
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train": train_state or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

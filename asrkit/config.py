@@ -31,6 +31,8 @@ class FeatureConfig:
     noise_prob: float = 0.0  # probability of additive noise (DeepSpeech2) per training utterance
     noise_snr_db: tuple[float, float] = (10.0, 30.0)  # SNR range for additive noise
     noise_dir: str = ""  # folder of noise recordings; empty = white noise
+    speed_perturb: bool = False  # resample each training utterance by a factor drawn per (seed, epoch, index)
+    speed_factors: tuple[float, float, float] = (0.9, 1.0, 1.1)  # the factors (Ko et al. 2015), drawn uniformly
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,25 @@ class ModelConfig:
     norm: str = "batch"  # batch | layer normalisation before each recurrent layer
     relu_clip: float = 20.0  # clipped ReLU ceiling
     dropout: float = 0.0  # dropout between recurrent layers
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The encoder under the family's objective. kind "" keeps the family's own (DeepSpeech2's convolutions and
+    RNNs, the LAS listener, the transducer's LSTMs: sized in [model], [las], [transducer]); "conformer" puts a
+    Conformer (asrkit.models.encoders) under any objective, sized by the keys below (or a preset)."""
+
+    kind: str = ""  # "" (the family's own) | conformer
+    preset: str = ""  # conformer sizes: cpu | s | m (the paper's S and M); keys set here override it
+    d_model: int = 144  # model width
+    layers: int = 8  # Conformer blocks
+    heads: int = 4  # attention heads (d_model / heads must be even: rotary positions)
+    ff_mult: int = 4  # feed-forward width = ff_mult x d_model
+    conv_kernel: int = 15  # depthwise convolution width in encoder frames (odd)
+    conv_norm: str = "layer"  # layer | batch (the paper's) normalisation inside the convolution module
+    subsampling: int = 4  # front-end time reduction: 4 | 6 | 8 (FastConformer)
+    subsampling_channels: int = 0  # channels of the subsampling convolutions (0 = d_model)
+    dropout: float = 0.1  # dropout in every block
 
 
 @dataclass(frozen=True)
@@ -123,7 +144,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-5  # decoupled (AdamW) or L2 (SGD)
     warmup_steps: int = 100  # linear warm-up
-    anneal: float = 0.8  # learning rate x anneal after every epoch (DeepSpeech2: 0.8)
+    anneal: float = 0.8  # learning rate x anneal after every epoch (DeepSpeech2: 0.8); schedule = "anneal" only
+    schedule: str = "anneal"  # after warm-up: anneal (x anneal per epoch) | noam (inverse sqrt of the step) | cosine
+    min_lr: float = 0.0  # cosine: the learning rate it decays to at the last step of train.epochs
     grad_clip: float = 400.0  # max gradient norm (DeepSpeech2: 400)
     seed: int = 1234  # seeds python, torch and the sampler
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -149,6 +172,7 @@ class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     las: LASConfig = field(default_factory=LASConfig)
     transducer: TransducerConfig = field(default_factory=TransducerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -165,10 +189,40 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"conv_layers": 3, "conv_channels": 32, "rnn_layers": 7, "rnn_hidden": 1280},
 }
 
+# Conformer sizes (asrkit.models.encoders): "cpu" trains on 2 CPU cores (AN4, FSDD); "s" and "m" are the
+# paper's Conformer S (~10 M) and M (~30 M), for GPU boxes.
+ENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"kind": "conformer", "d_model": 144, "layers": 8, "heads": 4, "ff_mult": 4, "conv_kernel": 15},
+    "s": {"kind": "conformer", "d_model": 144, "layers": 16, "heads": 4, "ff_mult": 4, "conv_kernel": 31},
+    "m": {"kind": "conformer", "d_model": 256, "layers": 16, "heads": 4, "ff_mult": 4, "conv_kernel": 31},
+}
+
+# The values a choice may take, checked whenever a config is built (TOML, --set, a checkpoint's config).
+FAMILIES = ("deepspeech2", "las", "transducer")  # asrkit.models.MODELS has one builder for each
+CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
+    ("tokenizer", "kind"): ("char", "bpe", "unigram"),
+    ("model", "family"): FAMILIES,
+    ("model", "rnn_type"): ("gru", "lstm"),
+    ("model", "norm"): ("batch", "layer"),
+    ("encoder", "kind"): ("", "conformer"),
+    ("encoder", "conv_norm"): ("layer", "batch"),
+    ("encoder", "subsampling"): (4, 6, 8),
+    ("las", "attention"): ("dot", "additive", "location"),
+    ("transducer", "decoding"): ("greedy", "beam"),
+    ("train", "optimizer"): ("adamw", "sgd"),
+    ("train", "precision"): ("auto", "bf16", "fp32"),
+    ("train", "features_on"): ("auto", "device", "workers"),
+    ("train", "schedule"): ("anneal", "noam", "cosine"),
+}
+# The sections (and [model] keys) a model uses; a key set in any other is an error (see `check_used`).
+DS2_KEYS = ("conv_layers", "conv_channels", "rnn_type", "rnn_layers", "rnn_hidden", "bidirectional", "norm",
+            "relu_clip", "dropout")
+
 _SECTIONS: dict[str, type] = {
     "features": FeatureConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
+    "encoder": EncoderConfig,
     "las": LASConfig,
     "transducer": TransducerConfig,
     "train": TrainConfig,
@@ -224,6 +278,11 @@ def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
             if preset not in PRESETS:
                 raise AsrkitError(f"unknown model.preset {preset!r}; valid presets: {', '.join(PRESETS)}")
             values = {**PRESETS[preset], **values}
+        if name == "encoder" and values.get("preset"):
+            preset = str(values["preset"])
+            if preset not in ENCODER_PRESETS:
+                raise AsrkitError(f"unknown encoder.preset {preset!r}; valid presets: {', '.join(ENCODER_PRESETS)}")
+            values = {**ENCODER_PRESETS[preset], **values}
         defaults = cls()
         valid = {f.name for f in fields(cls)}
         kwargs = {}
@@ -232,8 +291,35 @@ def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
                 raise AsrkitError(f"unknown config key {name}.{key}; "
                                   f"valid keys in [{name}]: {', '.join(sorted(valid))}")
             kwargs[key] = _coerce(value, getattr(defaults, key), f"{name}.{key}")
+            valid_values = CHOICES.get((name, key))
+            if valid_values is not None and kwargs[key] not in valid_values:
+                raise AsrkitError(f"unknown {name}.{key} {kwargs[key]!r}; valid: "
+                                  f"{', '.join(repr(v) if v == '' else str(v) for v in valid_values)}")
         sections[name] = cls(**kwargs)
     return Config(**sections)
+
+
+def check_used(config: Config, overrides: dict[str, dict[str, Any]], where: str) -> None:
+    """A key set (in `overrides`) in a section the model does not use is an error naming the section: [las] keys
+    need model.family = "las", [transducer] keys "transducer", [encoder] sizes encoder.kind = "conformer", and
+    DeepSpeech2's [model] sizes family "deepspeech2" with its own encoder."""
+    family, kind = config.model.family, config.encoder.kind
+    unused: list[tuple[str, list[str], str]] = [
+        ("las", list(overrides.get("las", {})), f'model.family = "las" (this model is {family!r})'),
+        ("transducer", list(overrides.get("transducer", {})),
+         f'model.family = "transducer" (this model is {family!r})'),
+        ("encoder", [k for k in overrides.get("encoder", {}) if k not in ("kind", "preset")],
+         'encoder.kind = "conformer" (this model uses its family\'s own encoder)'),
+        ("model", [k for k in overrides.get("model", {}) if k in DS2_KEYS],
+         'model.family = "deepspeech2" with its own encoder (encoder.kind = "")'),
+    ]
+    for section, keys, needs in unused:
+        used = {"las": family == "las", "transducer": family == "transducer", "encoder": kind != "",
+                "model": family == "deepspeech2" and kind == ""}[section]
+        if keys and not used:
+            raise AsrkitError(f"{where}: [{section}] {', '.join(keys)} set, but this model does not use [{section}]"
+                              f"{' ' + section + ' sizes' if section == 'model' else ''}: they apply with {needs}; "
+                              f"remove them or change the model")
 
 
 def parse_sets(sets: list[str]) -> dict[str, dict[str, Any]]:
@@ -269,7 +355,9 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
                                   f"valid sections: {', '.join(_SECTIONS)}")
     for name, values in parse_sets(sets or []).items():
         data.setdefault(name, {}).update(values)
-    return build_config(data)
+    config = build_config(data)
+    check_used(config, data, str(path) if path is not None else "config")
+    return config
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

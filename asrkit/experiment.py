@@ -16,6 +16,7 @@ from asrkit.data.audio import load_utterance
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
 from asrkit.errors import AsrkitError, AudioError
+from asrkit.io import atomic_write
 from asrkit.progress import Progress, say
 from asrkit.records import Utterance
 
@@ -134,7 +135,5 @@ def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped:
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
-    """Rewrite a small text file atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    """Rewrite a small text file atomically (`atomic_write`: temp file + fsync + rename)."""
+    atomic_write(path, "".join(line + "\n" for line in lines))

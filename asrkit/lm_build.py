@@ -28,6 +28,7 @@ from typing import Any
 
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
+from asrkit.io import atomic_path
 from asrkit.lm import lm_stem, unigram_words
 from asrkit.progress import say
 
@@ -142,16 +143,15 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
     first = next(lines, None)
     if first is None:
         raise AsrkitError(f"no text in {', '.join(map(str, texts))} after normalisation; nothing to train on")
-    with tempfile.TemporaryDirectory(prefix="asrkit-lm-", dir=stem.parent) as tmp:
-        cmd = [str(lmplz), "-o", str(order), "-S", memory, "-T", tmp, "--arpa", str(arpa) + ".tmp"]
+    with tempfile.TemporaryDirectory(prefix="asrkit-lm-", dir=stem.parent) as work, atomic_path(arpa) as arpa_tmp:
+        cmd = [str(lmplz), "-o", str(order), "-S", memory, "-T", work, "--arpa", str(arpa_tmp)]
         if prune:
             cmd += ["--prune", *map(str, prune)]
         if discount_fallback:
             cmd.append("--discount_fallback")
         _pipe(itertools.chain([first], lines), cmd, "lmplz")  # streamed: no copy of a large corpus on disk
-        os.replace(str(arpa) + ".tmp", arpa)
-    _run([str(build_binary), "-s", str(arpa), str(binary) + ".tmp"], "build_binary")
-    os.replace(str(binary) + ".tmp", binary)
+    with atomic_path(binary) as binary_tmp:
+        _run([str(build_binary), "-s", str(arpa), str(binary_tmp)], "build_binary")
     unigram_path.write_text("".join(w + "\n" for w in sorted(vocab)), encoding="utf-8")
     return BuiltLM(arpa, binary, unigram_path, order, counts["sentences"], counts["words"], len(vocab))
 
@@ -190,12 +190,8 @@ def binary_of_gzipped_arpa(gz: Path) -> Path:
     out = binary if build_binary is not None else arpa
     say(f"note: converting {gz} once to {out} (words lower-cased like the transcripts); later runs load that")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         words = _convert_arpa(gz, tmp, build_binary)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar.write_text("".join(w + "\n" for w in unigram_words(words)), encoding="utf-8")
     return out
 

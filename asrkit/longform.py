@@ -29,7 +29,7 @@ import numpy as np
 
 from asrkit.data.audio import _reason, open_audio, span_frames
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.records import Hypothesis, Utterance, WordTiming
+from asrkit.records import Failure, Hypothesis, Utterance, WordTiming
 
 DEFAULT_SEGMENT_SECONDS = 40.0  # inputs longer than this are cut; LibriSpeech's longest utterances (35 s) are not
 MIN_SEGMENT_SECONDS = 2.0
@@ -111,11 +111,11 @@ def _quietest(energies: np.ndarray, window: int) -> int:
 
 
 def split_long(utts: Sequence[Utterance], segment_seconds: float,
-               on_error: list[tuple[Utterance, AudioError]] | None = None) -> list[tuple[int, Utterance]]:
+               on_error: list[Failure] | None = None) -> list[tuple[int, Utterance]]:
     """(input index, utterance or segment) for every input: those longer than `segment_seconds` become segments
     (ids "<id>@<seconds from the utterance's start>", `offset` set: seconds from the file's start), the others stay
     as they are. An utterance with an offset is cut within its own span. A long file that cannot be read goes into
-    `on_error` with its utterance (when given, else the error is raised) and has no rows."""
+    `on_error` as a `Failure` with its utterance's id (when given, else the error is raised) and has no rows."""
     rows: list[tuple[int, Utterance]] = []
     for i, utt in enumerate(utts):
         if segment_seconds <= 0 or utt.duration <= segment_seconds:
@@ -129,7 +129,7 @@ def split_long(utts: Sequence[Utterance], segment_seconds: float,
         except AudioError as err:
             if on_error is None:
                 raise
-            on_error.append((utt, err))
+            on_error.append(Failure(id=utt.id, path=err.path, reason=err.reason))
             continue
         rows.extend((i, replace(utt, id=f"{utt.id}@{off:.2f}", duration=dur, offset=(utt.offset or 0.0) + off,
                                 extra={**utt.extra, SEGMENT_OF: utt.id}))

@@ -39,6 +39,17 @@ class Utterance:
         return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """An input a stage could not use, and why: the one record every stage reports it with (prepare's
+    skipped.tsv, transcribe / evaluate / tune / stream's `error: PATH: REASON` lines, long-form cutting).
+    Keyword-only, so that no call site can swap the three strings."""
+
+    id: str = ""  # the utterance, where there is one: several manifest lines (offsets) can share one file
+    path: str  # the file (or `file:line`) that could not be used
+    reason: str  # why, in words a user can act on
+
+
 class _TensorFields:
     """`.to` and `.pin_memory` for a record dataclass: every tensor field moved or pinned, the others kept."""
 

@@ -32,8 +32,7 @@ from asrkit.data.audio import load_audio
 from asrkit.data.features import LOG_FLOOR, Featurizer
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.progress import say
-from asrkit.records import Hypothesis
-from asrkit.transcribe import Failure
+from asrkit.records import Failure, Hypothesis
 
 MIN_CHUNK_MS, MAX_CHUNK_MS = 10, 10_000
 
@@ -305,7 +304,7 @@ def stream_files(model: str | Path, sources: Sequence[str | Path], *, chunk_ms: 
         except AudioError as err:
             if failures is None:
                 raise
-            failures.append(Failure(err.path, err.reason))
+            failures.append(Failure(path=err.path, reason=err.reason))
 
 
 def latency_summary(result: StreamResult, chunk_ms: float) -> str:

@@ -43,9 +43,11 @@ from asrkit.data.manifest import read_manifest
 from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
 from asrkit.distributed import Group, restore_rng, rng_state
 from asrkit.errors import AsrkitError
+from asrkit.io import atomic_path
 from asrkit.models import ASRModel, build_model
 from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance, WaveBatch
+from asrkit.schedule import learning_rate
 from asrkit.transcribe import decode_utterances, score
 
 
@@ -127,11 +129,15 @@ class _Loop:
                                      manifest="train.jsonl", waveforms=on_device)
         self.sampler = DurationBatchSampler([u.duration for u in train_utts], t.batch_seconds, t.max_batch_size,
                                             sortagrad=t.sortagrad, seed=t.seed, rank=group.rank,
-                                            world_size=group.world)
+                                            world_size=group.world,
+                                            speed_factors=cfg.features.speed_factors if cfg.features.speed_perturb
+                                            else (), speed_seed=t.seed)
         # On CUDA: page-locked batches (non-blocking copies) and workers that live from one epoch to the next.
         self.loader = make_loader(self.dataset, self.sampler, t.num_workers, pin_memory=cuda, persistent_workers=cuda)
         self.step = int(state.get("step", 0))
         self.epoch = int(state.get("epoch", 0))
+        # The cosine schedule's horizon: train.epochs (not max_steps, which may stop a run to resume it later).
+        self.total_steps = t.epochs * -(-len(self.sampler.batches(0)) // t.accum_steps)
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # this rank's batches (micro-batches) consumed
         saved_world = int(state.get("world_size", 1))
         if self.batch_in_epoch and saved_world != group.world:  # same global position, rounded up
@@ -202,8 +208,7 @@ class _Loop:
 
     def _lr(self) -> float:
         t = self.cfg.train
-        warm = min(1.0, (self.step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
-        return t.lr * warm * t.anneal**self.epoch
+        return learning_rate(t, self.step, self.epoch, self.total_steps)
 
     def _train_epoch(self, progress: bool) -> None:
         t = self.cfg.train
@@ -336,8 +341,8 @@ class _Loop:
         self._save("last.pt")
         if self.group.main:
             if improved or not self.dev_utts:
-                shutil.copyfile(self.exp_dir / "last.pt", self.exp_dir / ".best.pt.tmp")
-                (self.exp_dir / ".best.pt.tmp").replace(self.exp_dir / "best.pt")
+                with atomic_path(self.exp_dir / "best.pt") as tmp:
+                    shutil.copyfile(self.exp_dir / "last.pt", tmp)
             if self.cfg.train.keep_epochs:
                 self._keep_epoch()
             experiment.write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])

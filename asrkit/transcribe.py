@@ -22,20 +22,13 @@ from asrkit.errors import AsrkitError, AudioError
 from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, regroup, split_long
 from asrkit.metrics import ErrorRate
 from asrkit.progress import say
-from asrkit.records import Batch, Hypothesis, Utterance
+from asrkit.records import Batch, Failure, Hypothesis, Utterance
 
 T = TypeVar("T")
 DECODE_PARAMS_NAME = "tune.json"  # beside the checkpoint: `asrkit tune` writes it, transcribe / evaluate read it
 CHUNK_UTTERANCES = 2048  # emissions held in memory at once before they are decoded: at most this many utterances
 CHUNK_SECONDS = 1200.0  # ... and this much audio (20 min at 50 frames/s and 30 tokens: 7 MB of float32)
 MIN_UTTERANCES_PER_WORKER = 4  # fewer utterances than this per process: decode in fewer processes
-
-
-@dataclass
-class Failure:
-    path: str
-    reason: str
-    id: str = ""  # the utterance that failed: several manifest lines (offsets) can share one file
 
 
 @dataclass
@@ -73,7 +66,7 @@ def _load_batches(loaded: Loaded, utts: Sequence[Utterance], batch_size: int, de
                     raise
                 utt_id = utts[i].extra.get(SEGMENT_OF, utts[i].id)
                 if not any(f.id == utt_id for f in failures):  # a long input fails once, not per segment
-                    failures.append(Failure(err.path, err.reason, utt_id))
+                    failures.append(Failure(id=utt_id, path=err.path, reason=err.reason))
                 yield [i], None
                 continue
             items.append(Item(utts[i].id, loaded.featurizer(wave), torch.zeros(0, dtype=torch.long), utts[i].text))
@@ -131,10 +124,7 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, batch_size: int =
     hypothesis (asrkit.longform; memory stays bounded); 0 decodes every input whole."""
     check_segment_seconds(segment_seconds)
     decode = _own_search(loaded, decode)
-    unreadable: list[tuple[Utterance, AudioError]] = []
-    rows = split_long(utts, segment_seconds, None if failures is None else unreadable)
-    if failures is not None:
-        failures.extend(Failure(err.path, err.reason, u.id) for u, err in unreadable)
+    rows = split_long(utts, segment_seconds, failures)
     pieces = [u for _, u in rows]
     results = _decode_pieces(loaded, pieces, batch_size, device, failures, decode, workers)
     done = regroup(utts, rows, zip(pieces, results, strict=True))
@@ -255,7 +245,7 @@ def files_to_utterances(paths: Sequence[str | Path]) -> tuple[list[Utterance], l
         try:
             duration, _ = audio_info(p)
         except AudioError as err:
-            failures.append(Failure(err.path, err.reason))
+            failures.append(Failure(path=err.path, reason=err.reason))
             continue
         utts.append(Utterance(f"{n}", str(p), duration, ""))
     return utts, failures
@@ -385,7 +375,7 @@ def write_report(path: str | Path, result: EvalResult, **meta: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {**meta, "wer": result.wer, "cer": result.cer, "utterances": [asdict(s) for s in result.utterances],
-            "failures": [asdict(f) for f in result.failures]}
+            "failures": [{"path": f.path, "reason": f.reason, "id": f.id} for f in result.failures]}
     path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

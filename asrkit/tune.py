@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,10 +21,12 @@ from asrkit.checkpoint import load_checkpoint, pick_device, resolve_checkpoint
 from asrkit.data.manifest import read_manifest
 from asrkit.decoding import DecoderPool, LMDecodeOptions
 from asrkit.errors import AsrkitError
+from asrkit.io import atomic_write
 from asrkit.lm import resolve_lm
 from asrkit.metrics import ErrorRate
 from asrkit.progress import Progress
-from asrkit.transcribe import DECODE_PARAMS_NAME, Failure, compute_emissions, decode_workers
+from asrkit.records import Failure
+from asrkit.transcribe import DECODE_PARAMS_NAME, compute_emissions, decode_workers
 
 METHODS = ("grid", "random")
 
@@ -173,8 +174,5 @@ def write_decode_params(path: str | Path, options: LMDecodeOptions, *, best: Tri
     body.update(meta or {})
     if trials:
         body["trials"] = [asdict(t) for t in trials]
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(body, indent=1) + "\n")
 

@@ -73,14 +73,12 @@ ok_or_skipped() {
   if [ "$1" -eq 3 ] && [ -s "$2" ]; then echo "run.sh: warning: some inputs were left out, see $2" >&2; return 0; fi
   exit "$1"
 }
-# is_ctc: the model family of $conf (after the --set overrides) decodes CTC emissions (DeepSpeech2)
+# is_ctc: the model family of $conf (after the --set overrides, as `asrkit config show` resolves it) decodes
+# CTC emissions (DeepSpeech2); exit 2 when asrkit cannot read $conf (its message says why).
 is_ctc() {
-  local family arg
-  family=$(sed -n 's/^[[:space:]]*family[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$conf" | tail -n 1)
-  for arg in "${sets[@]}"; do
-    case "$arg" in model.family=*) family=${arg#model.family=}; family=${family//\"/} ;; esac
-  done
-  [ "${family:-deepspeech2}" = deepspeech2 ]
+  local family
+  family=$(asrkit config show "$conf" "${sets[@]}" --key model.family) || die "cannot read model.family of $conf"
+  [ "$family" = deepspeech2 ]
 }
 # need_checkpoint N: exit 2 unless $exp holds a checkpoint (best.pt or last.pt) of training stage N.
 need_checkpoint() {

@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: paths to the embedded FSDD subset and to ../shared/data (optional, skipped when
-absent), KenLM tool detection, one-thread torch for tiny recurrent models, a few optimiser steps."""
+absent), KenLM tool and module detection, one-thread torch for tiny recurrent models, a few optimiser steps."""
 
 from __future__ import annotations
 
@@ -41,6 +41,20 @@ def kenlm_tools_found() -> bool:
 
 needs_kenlm_tools = pytest.mark.skipif(not kenlm_tools_found(),
                                        reason="KenLM's lmplz / build_binary not installed (make kenlm)")
+
+
+def kenlm_module_found() -> bool:
+    """True when the kenlm Python module (the `lm` extra) imports."""
+    try:
+        import kenlm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Only the tests that load an n-gram LM through the kenlm module: the rest of the LM tests run without it.
+needs_kenlm = pytest.mark.skipif(not kenlm_module_found(),
+                                 reason="the kenlm module is not installed (pip install 'asrkit[lm]')")
 
 
 @pytest.fixture(scope="module")

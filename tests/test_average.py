@@ -23,7 +23,8 @@ from asrkit.train import _Loop, fit
 MODEL = {"conv_layers": 1, "conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16}
 
 
-def _save_epoch(exp: Path, epoch: int, fill: float | None = None, model_cfg: dict | None = None) -> dict:
+def _save_epoch(exp: Path, epoch: int, fill: float | None = None, model_cfg: dict | None = None,
+                dev_wer: float | None = None) -> dict:
     cfg = build_config({"model": model_cfg or MODEL, "features": {"n_mels": 40},
                         "train": {"epochs": epoch}})  # only the newest file's config should survive
     tok = CharTokenizer.train(["one two"])
@@ -37,8 +38,12 @@ def _save_epoch(exp: Path, epoch: int, fill: float | None = None, model_cfg: dic
                 tensor.fill_(fill)
             else:
                 tensor.copy_(torch.randn_like(tensor))
+    state: dict = {"step": 5 * epoch, "epoch": epoch}
+    if dev_wer is not None:  # as training records it: the history of every epoch so far, this one last
+        earlier = [{"epoch": k, "step": 5 * k, "dev_wer": 0.0, "dev_cer": 0.0} for k in range(1, epoch)]
+        state["history"] = [*earlier, {"epoch": epoch, "step": 5 * epoch, "dev_wer": dev_wer, "dev_cer": 0.1}]
     save_checkpoint(exp / f"epoch-{epoch}.pt", config=cfg, tokenizer=tok, featurizer=Featurizer(cfg.features),
-                    model=model, train_state={"step": 5 * epoch, "epoch": epoch})
+                    model=model, train_state=state)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -85,6 +90,72 @@ def test_average_errors_name_the_problem(tmp_path: Path) -> None:
         average(tmp_path, 2)
 
 
+def test_average_of_the_best_n_epochs_by_dev_wer(tmp_path: Path) -> None:
+    wers = {1: 0.5, 2: 0.2, 3: 0.4, 4: 0.1, 5: 0.3}  # the history's earlier records say 0.0: only epoch k's counts
+    for epoch, wer in wers.items():
+        _save_epoch(tmp_path, epoch, fill=float(epoch), dev_wer=wer)
+    out = average(tmp_path, best=2)
+    assert out == tmp_path / "averaged-best2.pt"
+    loaded = load_checkpoint(out)
+    assert loaded.state["averaged"] == ["epoch-2.pt", "epoch-4.pt"]
+    for name, tensor in loaded.model.state_dict().items():
+        expected = 40 if name.endswith("num_batches_tracked") else 3.0  # integers: the newest averaged (4); (2+4)/2
+        assert torch.all(tensor == expected), name
+    assert loaded.config.train.epochs == 4 and loaded.state["step"] == 20
+    got = load_checkpoint(average(tmp_path, best=3, out=tmp_path / "b3.pt"))
+    assert got.state["averaged"] == ["epoch-2.pt", "epoch-4.pt", "epoch-5.pt"]
+    assert all(torch.allclose(t, torch.full_like(t, 11 / 3)) for t in got.model.state_dict().values()
+               if t.is_floating_point())
+    _save_epoch(tmp_path, 6, fill=6.0, dev_wer=0.1)  # ties epoch 4: the newer epoch wins
+    assert load_checkpoint(average(tmp_path, best=1)).state["averaged"] == ["epoch-6.pt"]
+
+
+def test_average_best_errors_say_what_to_do(tmp_path: Path) -> None:
+    _save_epoch(tmp_path, 1, dev_wer=0.3)
+    _save_epoch(tmp_path, 2, dev_wer=0.2)
+    with pytest.raises(AsrkitError, match=r"2 epoch checkpoint\(s\) \(epoch-1.pt, epoch-2.pt\), fewer than --best 3; "
+                                          r"train with --set train.keep_epochs=3"):
+        average(tmp_path, best=3)
+    with pytest.raises(AsrkitError, match="--last 2 and --best 2 are mutually exclusive"):
+        average(tmp_path, 2, best=2)
+    with pytest.raises(AsrkitError, match=r"give --last N .* or --best N"):
+        average(tmp_path)
+    with pytest.raises(AsrkitError, match="--best 0: average at least 1 checkpoint"):
+        average(tmp_path, best=0)
+    _save_epoch(tmp_path, 3)  # no dev WER recorded (trained without a dev.jsonl)
+    with pytest.raises(AsrkitError, match=r"no dev WER recorded in epoch-3.pt, so --best cannot rank it; train with a "
+                                          r"dev.jsonl .* or average the newest ones with --last 1"):
+        average(tmp_path, best=1)
+    assert not list(tmp_path.glob("averaged-*"))
+
+
+def test_average_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["average", str(tmp_path), *args])
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output
+
+    for epoch, wer in ((1, 0.2), (2, 0.5), (3, 0.1)):
+        _save_epoch(tmp_path, epoch, fill=float(epoch), dev_wer=wer)
+    code, out = run("--best", "2")
+    assert code == 0 and f"averaged the 2 lowest-dev-WER epoch checkpoint(s) of {tmp_path} into " in out
+    assert load_checkpoint(tmp_path / "averaged-best2.pt").state["averaged"] == ["epoch-1.pt", "epoch-3.pt"]
+    code, out = run("--last", "2", "--out", str(tmp_path / "l2.pt"))
+    assert code == 0 and f"averaged the last 2 epoch checkpoint(s) of {tmp_path} into {tmp_path / 'l2.pt'}" in out
+    code, out = run("--last", "2", "--best", "2")
+    assert code == 2 and "--last 2 and --best 2 are mutually exclusive" in out
+    code, out = run()
+    assert code == 2 and "give --last N" in out
+    code, out = run("--best", "0")
+    assert code == 2 and "--best 0 must be at least 1" in out
+    code, out = run("--best", "4")
+    assert code == 2 and "fewer than --best 4; train with --set train.keep_epochs=4" in out
+
+
 def _data(root: Path) -> Path:
     data = root / "data"
     data.mkdir()
@@ -110,6 +181,8 @@ def test_early_stopping_and_kept_epochs(tmp_path: Path, monkeypatch: pytest.Monk
     assert [k for k, _ in epoch_checkpoints(tmp_path / "exp")] == [3, 4]
     assert load_checkpoint(tmp_path / "exp" / "best.pt").state["epoch"] == 2
     assert load_checkpoint(average(tmp_path / "exp", 2)).state["epoch"] == 4
+    # --best reads the dev WER training recorded in each kept checkpoint: epochs 3 and 4 had 0.45 and 0.4.
+    assert load_checkpoint(average(tmp_path / "exp", best=1)).state["averaged"] == ["epoch-4.pt"]
     # Resuming a run that stopped early does not train on: the history says it is out of patience.
     again = fit(cfg, data, tmp_path / "exp", resume=True, progress=False)
     assert again.stopped_early and again.epochs == 4 and again.steps == result.steps

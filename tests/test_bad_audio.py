@@ -175,6 +175,7 @@ def test_prepare_keeps_every_readable_file_and_names_every_other(corpus: Path, p
     assert f"skipped {len(BAD)} input(s)" in output and f"all: {len(kept)} utterances" in output
 
 
+@pytest.mark.slow
 def test_train_skips_unreadable_and_overlong_utterances(corpus: Path, prepared: tuple[Path, str],
                                                         tmp_path: Path) -> None:
     """The prepared manifest (with the 1-hour file) plus the files prepare left out and a missing one."""
@@ -201,6 +202,7 @@ def test_train_skips_unreadable_and_overlong_utterances(corpus: Path, prepared: 
     assert state["epoch"] == 1 and state["nonfinite"] == 0  # a whole epoch, digital silence included, without NaN
 
 
+@pytest.mark.slow
 def test_transcribe_reads_every_format_and_names_every_broken_file(corpus: Path, model: Path) -> None:
     # The 1-hour file is left out here: the long-audio tests (tests/test_long_audio.py) cover it.
     inputs = [*GOOD, SILENCE, TRUNCATED_WAV, *BAD, MISSING]
@@ -225,6 +227,7 @@ def test_transcribe_reads_every_format_and_names_every_broken_file(corpus: Path,
     assert good_only.exit_code == EXIT_OK, good_only.output
 
 
+@pytest.mark.slow
 def test_evaluate_scores_the_readable_and_names_the_rest(corpus: Path, prepared: tuple[Path, str], model: Path,
                                                          tmp_path: Path) -> None:
     out, _ = prepared

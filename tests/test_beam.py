@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_kenlm
 
 from asrkit.beam_search import PrefixBeamSearch
 from asrkit.data.tokenizer import CharTokenizer
@@ -24,17 +25,20 @@ from asrkit.decoding import (
 from asrkit.errors import AsrkitError
 from asrkit.records import Emissions
 
-pytest.importorskip("kenlm")
-
 CHARS = [" ", "b", "g", "n", "s", "u", "y"]
 TOKENIZER = CharTokenizer(CHARS)
 VOCAB = TOKENIZER.vocab  # blank first
 FRAME_SHIFT = 0.02
 HAVE_FLASHLIGHT = __import__("asrkit.lm").lm.flashlight_available()
 needs_flashlight = pytest.mark.skipif(not HAVE_FLASHLIGHT, reason="flashlight-text not installed")
-BACKENDS = ["asrkit", pytest.param("pyctcdecode", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("pyctcdecode") is None, reason="pyctcdecode not installed")),
-    pytest.param("flashlight", marks=needs_flashlight)]
+needs_pyctcdecode = pytest.mark.skipif(__import__("importlib").util.find_spec("pyctcdecode") is None,
+                                       reason="pyctcdecode not installed")
+BACKENDS = ["asrkit", pytest.param("pyctcdecode", marks=needs_pyctcdecode),
+            pytest.param("flashlight", marks=needs_flashlight)]
+# With an n-gram LM: the asrkit and pyctcdecode backends read it through the kenlm module, flashlight on its own.
+LM_BACKENDS = [pytest.param("asrkit", marks=needs_kenlm),
+               pytest.param("pyctcdecode", marks=[needs_pyctcdecode, needs_kenlm]),
+               pytest.param("flashlight", marks=needs_flashlight)]
 
 # log10 probabilities: "bugs bunny" is far likelier than "bunny bunny"
 ARPA = """
@@ -107,7 +111,7 @@ def test_greedy_reads_bunny_bunny() -> None:
     assert hyp.text == "bunny bunny"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LM_BACKENDS)
 def test_lm_flips_the_answer_only_when_alpha_is_positive(arpa: Path, backend: str) -> None:
     assert decode(options(arpa, alpha=0.0, beta=0.0, backend=backend))[0].text == "bunny bunny"
     assert decode(options(arpa, alpha=0.5, beta=0.0, backend=backend))[0].text == "bugs bunny"
@@ -126,6 +130,7 @@ def test_hotword_boosts_a_word(backend: str) -> None:
     assert (plain, boosted) == ("bunny bunny", "bugs bunny")
 
 
+@needs_kenlm
 def test_nbest_lists_distinct_hypotheses_best_first(arpa: Path) -> None:
     hyps = decode(options(arpa, alpha=0.5, beta=0.0, nbest=3, beam_size=8))  # the asrkit backend: see below
     texts = [h.text for h in hyps]
@@ -135,7 +140,7 @@ def test_nbest_lists_distinct_hypotheses_best_first(arpa: Path) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LM_BACKENDS)
 def test_word_timings_are_monotonic_and_inside_the_audio(arpa: Path, backend: str) -> None:
     lp = bunny_emissions()
     hyp = decode(options(arpa, alpha=0.5, backend=backend), lp)[0]
@@ -164,7 +169,8 @@ def test_blank_frame_collapse_is_exact() -> None:
     assert math.isclose(full[1], short[1] + offset, rel_tol=1e-6, abs_tol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["asrkit", pytest.param("flashlight", marks=needs_flashlight)])
+@pytest.mark.parametrize("backend", [pytest.param("asrkit", marks=needs_kenlm),
+                                     pytest.param("flashlight", marks=needs_flashlight)])
 def test_batch_decoding_and_worker_pool_agree(arpa: Path, backend: str) -> None:
     lp = bunny_emissions()
     em = Emissions(torch.from_numpy(np.stack([lp, lp]))[:, :], torch.tensor([len(lp), 7]), FRAME_SHIFT)
@@ -179,6 +185,7 @@ def test_batch_decoding_and_worker_pool_agree(arpa: Path, backend: str) -> None:
         assert [h[0].text for h in pool.decode(many, FRAME_SHIFT, alpha=0.0, beta=0.0)][0] == "bunny bunny"
 
 
+@needs_kenlm
 def test_empty_emissions_give_an_empty_hypothesis(arpa: Path) -> None:
     assert decode(options(arpa), np.zeros((0, len(VOCAB)), dtype=np.float32))[0].text == ""
     silence = frames(*[{"": 0.99}] * 5)
@@ -190,6 +197,7 @@ def test_empty_emissions_give_an_empty_hypothesis(arpa: Path) -> None:
 
 
 @needs_flashlight
+@needs_kenlm
 def test_flashlight_is_the_default_and_keeps_alpha_and_beta_meaning(arpa: Path) -> None:
     """The same objective as the prefix search: a hypothesis' score is its best path + alpha ln p_LM + beta per
     word (the prefix search sums its paths, so it scores a little higher)."""
@@ -207,6 +215,7 @@ def test_flashlight_is_the_default_and_keeps_alpha_and_beta_meaning(arpa: Path) 
 
 
 @needs_flashlight
+@needs_kenlm
 def test_flashlight_spells_only_the_words_of_the_lm(arpa: Path) -> None:
     """A closed vocabulary: "bugs buny" comes out as known words, where the prefix search keeps "buny"."""
     lp = frames(*[{c: 0.97} for c in "bugs"], {" ": 0.97}, *[{c: 0.97} for c in "buny"])
@@ -216,6 +225,7 @@ def test_flashlight_spells_only_the_words_of_the_lm(arpa: Path) -> None:
 
 
 @needs_flashlight
+@needs_kenlm
 def test_requests_flashlight_cannot_serve_fall_back_with_a_notice(arpa: Path, capsys: pytest.CaptureFixture[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from asrkit import decoding
@@ -284,6 +294,7 @@ def test_binary_lm_without_its_word_list_says_what_is_missing(tmp_path: Path, ar
         CTCBeamDecoder(VOCAB, options(lone))
 
 
+@needs_kenlm
 def test_lm_look_ahead_scores_a_word_being_spelt_by_its_best_completion(arpa: Path) -> None:
     from asrkit.lm import WordLM
 

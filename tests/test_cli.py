@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
+import typer
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from asrkit.cli import app
+from asrkit.config import Config, build_config, load_config
 
 runner = CliRunner()
 
@@ -34,16 +42,73 @@ def wav(tmp_path: Path) -> Path:
     return path
 
 
+def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, command) of every command and sub-app under a click group, depth first."""
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
 def test_help_lists_every_command() -> None:
-    code, out = run("--help")
+    """Every command and sub-app registered on the app (read from the app itself, so a new one is checked too) has
+    a help text, which its parent's --help lists, its own --help shows, and help on each of its parameters."""
+    commands = dict(_commands(typer.main.get_command(app)))
+    assert {("train",), ("average",), ("prepare", "an4"), ("config", "show"), ("lm", "build")} <= commands.keys()
+    for path, command in commands.items():
+        what = f"asrkit {' '.join(path)}"
+        assert (command.help or "").strip(), f"{what} has no help: give it a docstring (or help= for a sub-app)"
+        start = " ".join(command.help.split()[:3])
+        code, out = run(*path[:-1], "--help")
+        assert code == 0 and re.search(rf"\b{re.escape(path[-1])}\s+{re.escape(start)}", out), (what, out)
+        code, out = run(*path, "--help")
+        assert code == 0 and "Usage" in out and start in " ".join(out.split()), (what, out)
+        for param in command.params:
+            assert param.name == "help" or (getattr(param, "help", None) or "").strip(), f"{what}: {param.name}"
+
+
+def test_config_show_prints_the_resolved_config_as_toml() -> None:
+    conf = ROOT / "recipes" / "an4" / "conf" / "rnnt_cpu.toml"
+    code, out = run("config", "show", str(conf))
     assert code == 0
-    for name in ("prepare", "train", "transcribe", "evaluate"):
-        assert name in out
-    code, out = run("prepare", "--help")
-    assert code == 0 and "folder" in out and "fsdd" in out
-    for cmd in (["train"], ["transcribe"], ["evaluate"], ["prepare", "fsdd"], ["prepare", "folder"]):
-        code, out = run(*cmd, "--help")
-        assert code == 0 and "Usage" in out
+    assert re.findall(r"^\[(\w+)\]$", out, re.M) == [f.name for f in dataclasses.fields(Config)]  # every section
+    assert 'family = "transducer"' in out and "lr = 0.003" in out and "sample_rate = 16000" in out  # + defaults
+    assert build_config(tomllib.loads(out)) == load_config(conf)  # TOML that gives the same config back
+    code, out = run("config", "show", str(conf), "--set", "train.lr=0.01", "--set", "features.n_mels=40")
+    assert code == 0 and "lr = 0.01" in out and "n_mels = 40" in out
+
+
+@pytest.mark.parametrize(("key", "sets", "value"), [
+    ("model.family", [], "transducer"),  # a string, unquoted
+    ("train.epochs", ["--set", "train.epochs=7"], "7"),
+    ("train.lr", [], "0.003"),
+    ("train.keep_epochs", [], "0"),  # a default
+    ("features.spec_augment", [], "true"),
+    ("features.noise_snr_db", [], "[10.0, 30.0]"),
+])
+def test_config_show_key_prints_one_value(key: str, sets: list[str], value: str) -> None:
+    code, out = run("config", "show", str(ROOT / "recipes" / "an4" / "conf" / "rnnt_cpu.toml"), *sets, "--key", key)
+    assert code == 0 and out == value + "\n"
+
+
+def test_config_show_errors(tmp_path: Path) -> None:
+    conf = ROOT / "recipes" / "an4" / "conf" / "rnnt_cpu.toml"
+    code, out = run("config", "show", str(conf), "--key", "model.nope")
+    assert code == 2 and "unknown config key model.nope; valid keys in [model]: " in out and "family" in out
+    code, out = run("config", "show", str(conf), "--key", "modle.family")
+    assert code == 2 and "unknown config section [modle]; valid sections: features, tokenizer, model" in out
+    code, out = run("config", "show", str(conf), "--key", "family")
+    assert code == 2 and "--key 'family': expected section.key, e.g. --key model.family" in out
+    code, out = run("config", "show", str(tmp_path / "nope.toml"))
+    assert code == 2 and "nope.toml not found" in out
+    (tmp_path / "bad.toml").write_text("[train]\nlr = \n")
+    code, out = run("config", "show", str(tmp_path / "bad.toml"), "--key", "train.lr")
+    assert code == 2 and "bad.toml: invalid TOML" in out
+    (tmp_path / "unknown.toml").write_text("[train]\nlrate = 0.1\n")
+    code, out = run("config", "show", str(tmp_path / "unknown.toml"))
+    assert code == 2 and "unknown config key train.lrate" in out
+    code, out = run("config", "show", str(conf), "--set", "lr=0.1")
+    assert code == 2 and "expected section.key=value" in out
 
 
 def test_unknown_config_key_lists_valid_keys(tmp_path: Path, wav: Path) -> None:

@@ -222,7 +222,7 @@ def test_unknown_section_lists_valid_sections() -> None:
         build_config({"optim": {"lr": 0.1}})
     msg = str(info.value)
     assert "unknown config section [optim]" in msg
-    assert "valid sections: features, tokenizer, model, las, transducer, train, decode" in msg
+    assert "valid sections: features, tokenizer, model, encoder, las, transducer, train, decode" in msg
 
 
 def test_unknown_section_from_set() -> None:
@@ -301,7 +301,7 @@ def test_unknown_preset_lists_valid_presets() -> None:
 def test_round_trip(overrides: dict) -> None:
     cfg = build_config(overrides)
     data = cfg.to_dict()
-    assert set(data) == {"features", "tokenizer", "model", "las", "transducer", "train", "decode"}
+    assert set(data) == {"features", "tokenizer", "model", "encoder", "las", "transducer", "train", "decode"}
     assert config_from_dict(data) == cfg
 
 

@@ -171,9 +171,9 @@ def test_training_in_both_modes_gives_the_same_model(tmp_path: Path) -> None:
 
 
 def test_unknown_features_on_is_an_error(tmp_path: Path) -> None:
-    cfg = build_config({**TINY, "train": {**TINY["train"], "features_on": "gpu"}})
+    """Checked when the config is built, before any work."""
     with pytest.raises(AsrkitError, match="unknown train.features_on 'gpu'; valid: auto, device, workers"):
-        fit(cfg, make_data(tmp_path), tmp_path / "exp", progress=False)
+        build_config({**TINY, "train": {**TINY["train"], "features_on": "gpu"}})
 
 
 def test_compile_is_skipped_on_the_cpu_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,6 +248,6 @@ def test_bf16_autocast_trains_float32_weights_close_to_fp32(tmp_path: Path) -> N
 
 
 def test_unknown_precision_is_an_error(tmp_path: Path) -> None:
-    cfg = build_config({**TINY, "train": {**TINY["train"], "precision": "fp16"}})
+    """Checked when the config is built, before any work."""
     with pytest.raises(AsrkitError, match="unknown train.precision 'fp16'; valid: auto, bf16, fp32"):
-        fit(cfg, make_data(tmp_path), tmp_path / "exp", progress=False)
+        build_config({**TINY, "train": {**TINY["train"], "precision": "fp16"}})

@@ -20,6 +20,8 @@ from asrkit.data.audio import audio_info
 from asrkit.models import build_model
 from asrkit.train import fit
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses (gloo); `make test-fast` leaves them out
+
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven"]
 # 8 utterances in batches of 1: 2 steps per epoch on 2 ranks with accum_steps = 2 (or 1 rank with 4).
 TINY = """[model]

@@ -25,6 +25,8 @@ TINY = {
               "num_workers": 0, "save_every_steps": 0, "seed": 7},
 }
 
+pytestmark = pytest.mark.slow  # trains to convergence (60 epochs); `make test-fast` leaves it out
+
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -213,7 +213,8 @@ def test_scheduled_sampling_ramp() -> None:
     ({"ctc_decode_weight": 0.3}, "needs the CTC head"),
 ])
 def test_config_errors(las: dict, fragment: str) -> None:
-    with pytest.raises(AsrkitError, match="invalid \\[model\\] config") as info:
+    """Choices fail when the config is built; sizes that do not fit together when the model is."""
+    with pytest.raises(AsrkitError) as info:
         make_las(**las)
     assert fragment in str(info.value)
 
@@ -388,6 +389,7 @@ def loaded_batch(data: Path, exp: Path) -> tuple[LAS, Tokenizer, torch.Tensor, t
     return loaded.model, loaded.tokenizer, batch.feats, batch.feat_lens
 
 
+@pytest.mark.slow
 def test_overfits_and_cli_transcribes(trained: tuple[Path, Path, Path]) -> None:
     corpus, data, exp = trained
     runner = CliRunner()
@@ -400,6 +402,7 @@ def test_overfits_and_cli_transcribes(trained: tuple[Path, Path, Path]) -> None:
     assert "WER 0.00%" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
 def test_beam_one_equals_greedy_on_the_trained_model(trained: tuple[Path, Path, Path], length_penalty: float) -> None:
     _, data, exp = trained
@@ -427,6 +430,7 @@ def beam_search_hyps(model: LAS, tok: Tokenizer, feats: torch.Tensor, lens: torc
             for f, x in zip(found, n, strict=True)]
 
 
+@pytest.mark.slow
 def test_nbest_sorted_by_score(trained: tuple[Path, Path, Path]) -> None:
     _, data, exp = trained
     model, tok, feats, lens = loaded_batch(data, exp)
@@ -439,6 +443,7 @@ def test_nbest_sorted_by_score(trained: tuple[Path, Path, Path]) -> None:
             assert nbest[0].text in WORDS
 
 
+@pytest.mark.slow
 def test_fusion_through_the_model(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("kenlm")
     _, data, exp = trained
@@ -455,6 +460,7 @@ def test_fusion_through_the_model(trained: tuple[Path, Path, Path], tmp_path: Pa
     assert model.search.lm_weight == 0.0 and model._fusion_lm(tok) is None
 
 
+@pytest.mark.slow
 def test_align_and_plot(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, data, exp = trained
     model, tok, feats, lens = loaded_batch(data, exp)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_kenlm_tools
+from conftest import needs_kenlm, needs_kenlm_tools
 from hypothesis import given
 from hypothesis import strategies as st
 from test_beam import ARPA, FRAME_SHIFT, VOCAB, bunny_emissions
@@ -20,10 +20,9 @@ from asrkit.data.text import normalize_text
 from asrkit.decoding import CTCBeamDecoder, LMDecodeOptions
 from asrkit.errors import AsrkitError
 
-pytest.importorskip("kenlm")
-
 UPPER_ARPA = ARPA.replace("bugs", "BUGS").replace("bunny", "BUNNY").lstrip()  # LibriSpeech's ARPAs are upper case
-BACKENDS = ["asrkit", pytest.param("flashlight", marks=pytest.mark.skipif(
+# Decoding with the converted LM: the asrkit backend reads it through the kenlm module, flashlight on its own.
+BACKENDS = [pytest.param("asrkit", marks=needs_kenlm), pytest.param("flashlight", marks=pytest.mark.skipif(
     not lmlib.flashlight_available(), reason="flashlight-text not installed"))]
 
 
@@ -76,6 +75,7 @@ def test_gzipped_upper_case_arpa_is_converted_once_and_decodes(tmp_path: Path, b
     assert lmlib.resolve_lm(gz) == binary and "converting" in capsys.readouterr().err
 
 
+@needs_kenlm
 def test_without_build_binary_the_lower_cased_arpa_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def missing(name: str) -> Path:
         raise AsrkitError(f"{name} not found")

@@ -196,6 +196,7 @@ def test_segment_seconds_must_be_zero_or_long_enough() -> None:
     check_segment_seconds(2.0)
 
 
+@pytest.mark.slow
 def test_one_hour_file_is_decoded_in_bounded_pieces(model: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1-hour file of the bad-input corpus (issue #9): speech bursts in noise at 8 kHz, written block by block.

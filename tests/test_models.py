@@ -171,9 +171,8 @@ def test_registry() -> None:
 
 
 def test_unknown_family() -> None:
-    cfg = build_config({"model": {"family": "wav2vec"}})
-    with pytest.raises(AsrkitError) as info:
-        build_model(cfg, N_MELS, VOCAB)
+    with pytest.raises(AsrkitError) as info:  # when the config is built, before any work
+        build_config({"model": {"family": "wav2vec"}})
     msg = str(info.value)
     assert "'wav2vec'" in msg and "deepspeech2" in msg
 
@@ -181,11 +180,11 @@ def test_unknown_family() -> None:
 @pytest.mark.parametrize("model,fragment", [
     ({"conv_layers": 4}, "conv_layers must be 1-3"),
     ({"conv_layers": 0}, "conv_layers must be 1-3"),
-    ({"rnn_type": "rnn"}, "unknown rnn_type 'rnn'"),
-    ({"norm": "group"}, "unknown norm 'group'"),
+    ({"rnn_type": "rnn"}, "unknown model.rnn_type 'rnn'; valid: gru, lstm"),
+    ({"norm": "group"}, "unknown model.norm 'group'; valid: batch, layer"),
 ])
 def test_invalid_model_config(model: dict, fragment: str) -> None:
-    with pytest.raises(AsrkitError, match="invalid \\[model\\] config") as info:
+    with pytest.raises(AsrkitError) as info:
         build_model(small_cfg(**model), N_MELS, VOCAB)
     assert fragment in str(info.value)
 

@@ -21,6 +21,7 @@ from test_prepare_librispeech import make_librispeech
 from asrkit import lm_build
 from asrkit.config import load_config
 from asrkit.errors import AsrkitError
+from asrkit.models import MODELS
 
 RECIPES = ROOT / "recipes"
 RUN_SCRIPTS = sorted(RECIPES.glob("*/run.sh"))
@@ -74,9 +75,25 @@ def test_run_sh_help(script: Path) -> None:
     assert bad.returncode == 2 and "unknown option --no-such-option" in bad.stderr
 
 
+# The model family a conf's name implies: run.sh's --model ds2|las|rnnt picks conf/<model>.toml (variants are
+# conf/<model>_<variant>.toml), fsdd's demo.toml is the small DeepSpeech2 of `make demo`, and conformer_ctc is a
+# Conformer encoder trained with CTC (the deepspeech2 family with [encoder] kind "conformer").
+CONF_FAMILIES = {"ds2": "deepspeech2", "demo": "deepspeech2", "conformer_ctc": "deepspeech2", "las": "las",
+                 "rnnt": "transducer"}
+
+
 @pytest.mark.parametrize("conf", CONFS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
 def test_conf_loads(conf: Path) -> None:
-    load_config(conf)
+    """Each conf loads and trains the family its name says (model.family, or its default), a registered one."""
+    names = [n for n in CONF_FAMILIES if conf.stem == n or conf.stem.startswith(n + "_")]
+    assert names, f"{conf.name}: name it after its model, conf/<model>[_<variant>].toml, one of {sorted(CONF_FAMILIES)}"
+    name = max(names, key=len)
+    config = load_config(conf)
+    family = config.model.family
+    assert family == CONF_FAMILIES[name], f"{conf}: model.family {family!r}, its name implies {CONF_FAMILIES[name]!r}"
+    assert family in MODELS, f"{conf}: model.family {family!r} is not one of {sorted(MODELS)}"
+    if name.startswith("conformer"):
+        assert config.encoder.kind == "conformer", f"{conf}: encoder.kind {config.encoder.kind!r}, not conformer"
 
 
 def test_every_corpus_recipe_has_the_three_models_and_results() -> None:
@@ -98,6 +115,7 @@ def fsdd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path,
     return args, tmp / "data", tmp / "exp", run_recipe(FSDD_SCRIPT, *args, timeout=300).stdout
 
 
+@pytest.mark.slow
 def test_fsdd_recipe_end_to_end(fsdd_run: tuple[list[str], Path, Path, str]) -> None:
     args, _, exp, _ = fsdd_run
     scores = (exp / "scores.txt").read_text(encoding="utf-8")
@@ -106,6 +124,7 @@ def test_fsdd_recipe_end_to_end(fsdd_run: tuple[list[str], Path, Path, str]) -> 
     assert re.search(r"\[stage 0\] skip", again) and re.search(r"\[stage 1\] skip", again), again
 
 
+@pytest.mark.slow
 @needs_kenlm_tools
 def test_fsdd_lm_stages(fsdd_run: tuple[list[str], Path, Path, str]) -> None:
     """Stage 4 builds a word 4-gram of the training transcripts, stage 5 tunes alpha / beta on dev into
@@ -134,6 +153,7 @@ def test_fsdd_lm_stages(fsdd_run: tuple[list[str], Path, Path, str]) -> None:
     assert (exp / "scores_lm.txt").read_text(encoding="utf-8").splitlines() == scores
 
 
+@pytest.mark.slow
 def test_an4_recipe_on_a_miniature(tmp_path: Path) -> None:
     """Stages 0-2 (prepare, check, train), then 4-5 (decode, score) without an LM; a rerun skips them all."""
     corpus = make_an4(tmp_path / "corpus") / "an4"
@@ -159,6 +179,7 @@ def test_an4_recipe_on_a_miniature(tmp_path: Path) -> None:
     assert (exp / "scores.txt").read_text(encoding="utf-8").splitlines() == scores
 
 
+@pytest.mark.slow
 def test_librispeech_recipe_prepares_subsets_one_at_a_time(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     for subset in ("dev-clean", "train-clean-100", "train-clean-360"):
@@ -183,10 +204,12 @@ def test_librispeech_recipe_prepares_subsets_one_at_a_time(tmp_path: Path) -> No
 
 
 # A stand-in for an `asrkit` that has `lm build`, `tune` and `evaluate --lm`: it logs its arguments, writes
-# the files the real one would (the LM's .bin, tune's --out) and prints an evaluate line.
+# the files the real one would (the LM's .bin, tune's --out) and prints an evaluate line. `config show` (how the
+# recipes read their conf) is the real command's answer.
 STUB_ASRKIT = r"""#!/usr/bin/env bash
 echo "$*" >> "$ASRKIT_STUB_LOG"
 if [ "${*: -1}" = --help ]; then echo "  --lm  --decode-params  --greedy  --device"; exit 0; fi
+if [ "$1 $2" = "config show" ]; then exec "$ASRKIT_STUB_PYTHON" -m asrkit "$@"; fi
 out=; prev=
 for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
 case "$1 $2" in
@@ -212,22 +235,34 @@ def stub_recipe_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
         (data / f"{split}.jsonl").write_text(json.dumps({"id": "a", "text": text}) + "\n")
     (exp / "last.pt").touch()
     monkeypatch.setenv("ASRKIT_STUB_LOG", str(log))
+    monkeypatch.setenv("ASRKIT_STUB_PYTHON", sys.executable)
     return bin_dir, data, exp, log
 
 
-@pytest.mark.parametrize("model", ["ds2", "las"])
-def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def stub_calls(log: Path) -> list[str]:
+    """The stub's logged calls that do work: without the `--help` probes and the `config show` look-ups."""
+    return [c for c in log.read_text().splitlines() if not c.endswith("--help") and not c.startswith("config show")]
+
+
+@pytest.mark.parametrize(("model", "sets", "ctc"), [("ds2", [], True), ("las", [], False),
+                                                   ("ds2", ["--set", "train.lr=0.01"], True)],
+                         ids=["ds2", "las", "ds2-set"])
+def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, sets: list[str], ctc: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Stages 3-5 against a stub asrkit whose CLI has `lm build`, `tune` and `evaluate --lm`: the word LM is
-    built from train.jsonl, tuned on dev and used by CTC models only."""
+    built from train.jsonl, tuned on dev and used by CTC models only (the model family of the conf and the --set
+    overrides, as `asrkit config show` resolves it)."""
     bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "yes")
     run_recipe(RECIPES / "an4" / "run.sh", "--stage", "3", "--model", model, "--data", str(data), "--exp",
-               str(exp), "--device", "cpu", bin_dir=bin_dir)
-    calls = [c for c in log.read_text().splitlines() if not c.endswith("--help")]
+               str(exp), "--device", "cpu", *sets, bin_dir=bin_dir)
+    calls = stub_calls(log)
+    asked = " ".join(["config show", f"conf/{model}.toml", *sets, "--key model.family"])
+    assert asked in log.read_text().splitlines()
     lm = data / "lm" / "train_3gram"
     assert calls[0] == f"lm build {data}/train.jsonl --out {lm} --order 3"
     evaluations = [c for c in calls if c.startswith("evaluate ")]
     scores = (exp / "scores.txt").read_text().splitlines()
-    if model == "ds2":
+    if ctc:
         tuned = exp / "decode" / "lm_tune.json"
         assert calls[1] == f"tune {exp} {data}/dev.jsonl --lm {lm}.bin --out {tuned} --device cpu --no-progress"
         assert len(evaluations) == 4 and evaluations[-1].endswith(f"--decode-params {tuned}")
@@ -237,6 +272,16 @@ def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, monke
         assert len(evaluations) == 2 and not any("--greedy" in c or "--lm" in c for c in evaluations)
         assert [line.split(":")[0] for line in scores] == ["dev nolm", "test nolm"]
     assert all(line.endswith("WER 12.50%  CER 5.00%  (2 utterances; report r.json)") for line in scores)
+
+
+def test_decode_stage_with_an_unreadable_conf_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conf (or --set) that `asrkit config show` rejects stops the decode stage with its message, exit 2."""
+    bin_dir, data, exp, _ = stub_recipe_dirs(tmp_path, monkeypatch, "yes")
+    bad = subprocess.run(["bash", str(RECIPES / "an4" / "run.sh"), "--stage", "4", "--data", str(data), "--exp",
+                          str(exp), "--set", "model.nope=1"], capture_output=True, text=True, env=_env(bin_dir))
+    assert bad.returncode == 2, bad.stderr
+    assert "error: unknown config key model.nope" in bad.stderr
+    assert "run.sh: cannot read model.family of conf/ds2.toml" in bad.stderr
 
 
 def _missing_kenlm_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -261,7 +306,7 @@ def test_fsdd_lm_stages_call_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyP
     bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "one two", stub)
     out = run_recipe(FSDD_SCRIPT, "--stage", "4", "--data", str(data), "--exp", str(exp), "--device", "cpu",
                      bin_dir=bin_dir).stdout
-    calls = [c for c in log.read_text().splitlines() if not c.endswith("--help")]
+    calls = stub_calls(log)
     lm = data / "lm" / "train_4gram"
     assert calls[0] == f"lm build {data}/train.jsonl --out {lm} --order 4"
     if not kenlm:

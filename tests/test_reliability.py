@@ -90,6 +90,7 @@ def _train_cmd(data: Path, exp: Path, config: Path, resume: bool) -> list[str]:
     return cmd + (["--resume"] if resume else [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("features_on", "spec_augment"), [("workers", "false"), ("device", "true")])
 def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path: Path, features_on: str,
                                                                         spec_augment: str) -> None:
@@ -161,6 +162,7 @@ def _fsdd_folder(root: Path, n: int) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_prepare_killed_while_measuring_resumes_where_it_stopped(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from asrkit.prepare import common, folder

@@ -134,6 +134,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiny_trained(tmp_path_factory)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_ms", [40, 200, 320])
 def test_trained_model_streams_its_training_words(trained: tuple[Path, Path], chunk_ms: int) -> None:
     data, exp = trained
@@ -157,6 +158,7 @@ def _feats(loaded: Loaded, wav: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return feats[None], torch.tensor([len(feats)])
 
 
+@pytest.mark.slow
 def test_standard_input_dash(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     data, exp = trained
     raw = sf.read(data / "two.wav", dtype="int16")[0].astype("<i2").tobytes()
@@ -189,13 +191,12 @@ def cli_app() -> Any:
     return app
 
 
+@pytest.mark.slow
 def test_cli_transcribe_stream(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    """`asrkit transcribe MODEL AUDIO --stream` (files and '-'); skipped until the command has --stream."""
+    """`asrkit transcribe MODEL AUDIO --stream` (files and '-')."""
     from typer.testing import CliRunner
 
     app, runner = cli_app(), CliRunner()
-    if "--stream" not in runner.invoke(app, ["transcribe", "--help"], terminal_width=200).output:
-        pytest.skip("asrkit transcribe has no --stream option yet")
     data, exp = trained
     wavs = [str(data / f"{w}.wav") for w in ("two", "three")]
     result = runner.invoke(app, ["transcribe", str(exp), *wavs, "--stream", "--chunk-ms", "100", "--device", "cpu"])

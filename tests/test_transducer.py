@@ -257,12 +257,12 @@ def test_beam_nbest_is_sorted_unique_and_bounded() -> None:
 
 def test_registry_and_config_errors() -> None:
     assert "transducer" in MODELS
-    cases: list[tuple[dict[str, Any], str]] = [({"decoding": "viterbi"}, "unknown decoding 'viterbi'"),
+    cases: list[tuple[dict[str, Any], str]] = [({"decoding": "viterbi"}, "unknown transducer.decoding 'viterbi'; valid: greedy, beam"),
                                                ({"reduction_after": 3}, "reduction_after must be 0-2"),
                                                ({"nbest": 5, "beam_size": 4}, "nbest <= beam_size"),
                                                ({"encoder_layers": 0}, "encoder_layers must be at least 1")]
     for overrides, fragment in cases:
-        with pytest.raises(AsrkitError, match="invalid") as info:
+        with pytest.raises(AsrkitError) as info:
             make_model(**overrides)
         assert fragment in str(info.value)
 
@@ -311,6 +311,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiny_trained(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_overfits_a_tiny_corpus_and_transcribes_it(trained: tuple[Path, Path]) -> None:
     from asrkit.checkpoint import load_checkpoint
     from asrkit.data.audio import load_audio
@@ -333,6 +334,7 @@ def test_overfits_a_tiny_corpus_and_transcribes_it(trained: tuple[Path, Path]) -
     assert nbest[0].text == "two" and len(nbest) == 2 and nbest[0].score > nbest[1].score
 
 
+@pytest.mark.slow
 def test_beam_size_option_picks_the_transducers_own_search(trained: tuple[Path, Path], tmp_path: Path) -> None:
     """`evaluate/transcribe --beam-size K` on a transducer: its own beam search of K (1: greedy), not CTC LM
     beam search; an LM option is an error that says so."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FSDD_ASSETS
+from conftest import FSDD_ASSETS, needs_kenlm
 from test_beam import ARPA, VOCAB, bunny_emissions
 
 from asrkit.checkpoint import save_checkpoint
@@ -21,8 +21,6 @@ from asrkit.errors import AsrkitError
 from asrkit.models import build_model
 from asrkit.transcribe import decode_options, evaluate, read_decode_params, transcribe_nbest
 from asrkit.tune import search_space, tune, tune_weights, write_decode_params
-
-pytest.importorskip("kenlm")
 
 DIGIT_ARPA = """\\data\\
 ngram 1=6
@@ -143,6 +141,7 @@ def test_tune_writes_the_best_setting_beside_the_model(model_dir: Path, dev: tup
     assert "best alpha" in result.summary() and "greedy WER" in result.summary()
 
 
+@needs_kenlm
 def test_transcribe_reads_the_tuned_settings_and_options_override_them(model_dir: Path, dev: tuple[Path, list[Path]],
                                                                        tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,18 +184,7 @@ def test_alpha_without_an_lm_is_refused(model_dir: Path) -> None:
 # ------------------------------------------------------------------------------------- the command line
 
 
-def _cli_has(*names: str) -> bool:
-    from asrkit.cli import app
-
-    have = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    have |= {g.name for g in app.registered_groups if g.name}
-    return set(names) <= have
-
-
-needs_lm_cli = pytest.mark.skipif(not _cli_has("tune", "lm"), reason="asrkit.cli has no `lm` / `tune` commands yet")
-
-
-@needs_lm_cli
+@needs_kenlm
 def test_cli_tune_then_transcribe_and_evaluate_with_the_lm(model_dir: Path, dev: tuple[Path, list[Path]],
                                                            tmp_path: Path) -> None:
     from typer.testing import CliRunner
@@ -224,7 +212,6 @@ def test_cli_tune_then_transcribe_and_evaluate_with_the_lm(model_dir: Path, dev:
     assert "LM alpha 0.5 beta 1" in result.stdout
 
 
-@needs_lm_cli
 def test_cli_decoding_errors_are_one_line_with_exit_code_2(model_dir: Path, dev: tuple[Path, list[Path]],
                                                           tmp_path: Path) -> None:
     from typer.testing import CliRunner
@@ -244,7 +231,6 @@ def test_cli_decoding_errors_are_one_line_with_exit_code_2(model_dir: Path, dev:
         assert message in result.output and "Traceback" not in result.output
 
 
-@needs_lm_cli
 def test_cli_lm_build(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -266,8 +252,9 @@ def test_cli_lm_build(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--prune 'a'" in result.output
 
 
-@pytest.mark.parametrize("backend", ["asrkit", pytest.param("flashlight", marks=pytest.mark.skipif(
-    not __import__("asrkit.lm").lm.flashlight_available(), reason="flashlight-text not installed"))])
+@pytest.mark.parametrize("backend", [pytest.param("asrkit", marks=needs_kenlm), pytest.param(
+    "flashlight", marks=pytest.mark.skipif(not __import__("asrkit.lm").lm.flashlight_available(),
+                                           reason="flashlight-text not installed"))])
 def test_tune_with_a_backend_and_a_gzipped_upper_case_arpa(model_dir: Path, dev: tuple[Path, list[Path]],
                                                            tmp_path: Path, backend: str) -> None:
     """LibriSpeech's LMs come as upper-case .arpa.gz: tune takes one (converted once beside it) and writes the

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asrkit.data.audio import load_utterance
+from asrkit.data.augment import perturb_speed, speed_factor
 from asrkit.data.device_features import centre_pad
 from asrkit.data.features import Featurizer, NoiseSource, draw_masks, spec_augment
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
@@ -87,6 +88,8 @@ class SpeechDataset(Dataset[Item | WaveItem]):
                 return WaveItem(utt.id, torch.zeros(0), 0, torch.zeros(0, 3, dtype=torch.long), targets, utt.text,
                                 error=str(err))
             return Item(utt.id, torch.zeros(0, cfg.n_mels), targets, utt.text, error=str(err))
+        if self.augment and cfg.speed_perturb:
+            wave = perturb_speed(wave, speed_factor(cfg.speed_factors, self.seed, epoch, index))
         rng = random.Random(hash((self.seed, epoch, index)))
         if self.noise is not None:
             wave = self.noise(wave, rng)
@@ -151,11 +154,13 @@ class DurationBatchSampler(Sampler[list[int]]):
     batches (durations are jittered by +-10% before bucketing so batch membership varies too). With
     `world_size` > 1 each rank takes every world_size-th batch and all ranks get the same count. The
     position inside an epoch is part of `state_dict()`, so a resumed run continues with the next batch.
+    With `speed_factors`, each epoch buckets the durations the dataset's speed perturbation gives (the same
+    factor per (seed, epoch, index) as `SpeechDataset`; pass the dataset's seed as `speed_seed`).
     """
 
     def __init__(self, durations: Sequence[float], batch_seconds: float, max_batch_size: int, *,
                  shuffle: bool = True, sortagrad: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, speed_factors: Sequence[float] = (), speed_seed: int = 0) -> None:
         if batch_seconds <= 0 or max_batch_size < 1:
             raise AsrkitError("train.batch_seconds must be > 0 and train.max_batch_size >= 1")
         self.durations = list(durations)
@@ -163,23 +168,31 @@ class DurationBatchSampler(Sampler[list[int]]):
         self.max_batch_size = max_batch_size
         self.shuffle, self.sortagrad, self.seed = shuffle, sortagrad, seed
         self.rank, self.world_size = rank, world_size
+        self.speed_factors, self.speed_seed = tuple(speed_factors), speed_seed
         self.epoch = 0
         self.start = 0  # batches of this epoch already consumed
+
+    def epoch_durations(self, epoch: int) -> list[float]:
+        """Each utterance's duration in `epoch`, after speed perturbation."""
+        if not self.speed_factors:
+            return self.durations
+        return [d / speed_factor(self.speed_factors, self.speed_seed, epoch, i) for i, d in enumerate(self.durations)]
 
     def batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(self.seed * 100003 + epoch)
         in_order = not self.shuffle or (self.sortagrad and epoch == 0)
-        keys = self.durations if in_order else [d * rng.uniform(0.9, 1.1) for d in self.durations]
-        order = sorted(range(len(self.durations)), key=lambda i: (keys[i], i))
+        durations = self.epoch_durations(epoch)
+        keys = durations if in_order else [d * rng.uniform(0.9, 1.1) for d in durations]
+        order = sorted(range(len(durations)), key=lambda i: (keys[i], i))
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0.0
         for i in order:
-            longest_if = max(longest, self.durations[i])
+            longest_if = max(longest, durations[i])
             full = len(current) >= self.max_batch_size or longest_if * (len(current) + 1) > self.batch_seconds
             if current and full:
                 batches.append(current)
-                current, longest_if = [], self.durations[i]
+                current, longest_if = [], durations[i]
             current.append(i)
             longest = longest_if
         if current:
@@ -201,10 +214,11 @@ class DurationBatchSampler(Sampler[list[int]]):
     def padding_fraction(self, epoch: int = 0) -> float:
         """Fraction of padded (wasted) audio seconds over an epoch's batches."""
         total = padded = 0.0
+        durations = self.epoch_durations(epoch)
         for batch in self.batches(epoch):
-            longest = max(self.durations[i] for i in batch)
+            longest = max(durations[i] for i in batch)
             total += longest * len(batch)
-            padded += longest * len(batch) - sum(self.durations[i] for i in batch)
+            padded += longest * len(batch) - sum(durations[i] for i in batch)
         return padded / total if total else 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -232,7 +246,10 @@ def make_loader(dataset: SpeechDataset, sampler: DurationBatchSampler, num_worke
     """Batches (`Batch`, or `WaveBatch` for a dataset of waveforms). Iterate it once per epoch, after
     `sampler.set_epoch`. `pin_memory`: page-locked batches, for non-blocking copies to a GPU; `persistent_workers`:
     the worker processes live on from one epoch (one `iter()`) to the next."""
+    # A generator of its own: each iter() draws a seed from it, not from torch's global RNG, so a resumed run
+    # (which opens one more iterator, over the rest of its epoch) draws the same dropout masks as an uninterrupted one.
     return DataLoader(dataset, batch_sampler=_EpochKeys(sampler),  # type: ignore[arg-type]
+                      generator=torch.Generator().manual_seed(dataset.seed),
                       collate_fn=collate_waves if dataset.waveforms else collate,  # type: ignore[arg-type]
                       num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=persistent_workers and num_workers > 0,

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from asrkit.errors import AsrkitError
+from asrkit.io import atomic_open
 from asrkit.records import Utterance
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -104,19 +105,12 @@ def read_manifest(path: str | Path) -> list[Utterance]:
 
 
 def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> int:
-    """Write atomically (temp file + rename) so a killed run never leaves half a manifest."""
+    """Write atomically (`atomic_open`: temp file + fsync + rename) so a killed run never leaves half a manifest."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for utt in utts:
-                f.write(json.dumps(utt.to_json(), ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for utt in utts:
+            f.write(json.dumps(utt.to_json(), ensure_ascii=False) + "\n")
+            n += 1
     return n

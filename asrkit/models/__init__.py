@@ -6,13 +6,30 @@ from collections.abc import Callable
 
 from asrkit.config import Config
 from asrkit.errors import AsrkitError
+from asrkit.models.ctc import CTCModel
 from asrkit.models.deepspeech2 import DeepSpeech2
+from asrkit.models.encoders import ConformerEncoder
 from asrkit.models.las import build_las
-from asrkit.models.layers import ASRModel
+from asrkit.models.layers import ASRModel, EncoderModule
 from asrkit.models.transducer import Encoder, Joiner, Predictor, Transducer
+
+ENCODERS = ("", "conformer")  # "": the family's own encoder
+
+
+def _encoder(config: Config, n_feats: int) -> ConformerEncoder | None:
+    """The [encoder] the config asks for, or None for the family's own."""
+    e = config.encoder
+    if e.kind == "":
+        return None
+    return ConformerEncoder(n_feats, d_model=e.d_model, layers=e.layers, heads=e.heads, ff_mult=e.ff_mult,
+                            conv_kernel=e.conv_kernel, subsampling=e.subsampling,
+                            subsampling_channels=e.subsampling_channels, conv_norm=e.conv_norm, dropout=e.dropout)
 
 
 def _deepspeech2(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
+    encoder = _encoder(config, n_feats)
+    if encoder is not None:
+        return CTCModel(encoder, vocab_size)
     cfg = config.model
     return DeepSpeech2(n_feats, vocab_size, conv_layers=cfg.conv_layers, conv_channels=cfg.conv_channels,
                        rnn_type=cfg.rnn_type, rnn_layers=cfg.rnn_layers, rnn_hidden=cfg.rnn_hidden,
@@ -21,14 +38,17 @@ def _deepspeech2(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
 
 
 def _las(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
-    return build_las(config.las, n_feats, vocab_size)
+    return build_las(config.las, n_feats, vocab_size, listener=_encoder(config, n_feats))
 
 
 def _transducer(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
     cfg = config.transducer
-    encoder = Encoder(n_feats, layers=cfg.encoder_layers, hidden=cfg.encoder_hidden, bidirectional=cfg.bidirectional,
-                      input_stack=cfg.input_stack, time_reduction=cfg.time_reduction,
-                      reduction_after=cfg.reduction_after, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
+    encoder: EncoderModule | None = _encoder(config, n_feats)
+    if encoder is None:
+            encoder = Encoder(n_feats, layers=cfg.encoder_layers, hidden=cfg.encoder_hidden,
+                          bidirectional=cfg.bidirectional, input_stack=cfg.input_stack,
+                          time_reduction=cfg.time_reduction, reduction_after=cfg.reduction_after,
+                          layer_norm=cfg.layer_norm, dropout=cfg.dropout)
     predictor = Predictor(vocab_size, embed=cfg.predictor_embed, layers=cfg.predictor_layers,
                           hidden=cfg.predictor_hidden, dropout=cfg.dropout)
     joiner = Joiner(encoder.out_dim, predictor.out_dim, cfg.joint_dim, vocab_size)
@@ -48,6 +68,9 @@ def build_model(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
     family = config.model.family
     if family not in MODELS:
         raise AsrkitError(f"unknown model.family {family!r}; valid families: {', '.join(MODELS)}")
+    if config.encoder.kind not in ENCODERS:
+        raise AsrkitError(f"unknown encoder.kind {config.encoder.kind!r}; valid kinds: "
+                          f"{', '.join(repr(k) for k in ENCODERS)} (\"\" = the family's own encoder)")
     try:
         return MODELS[family](config, n_feats, vocab_size)
     except ValueError as err:

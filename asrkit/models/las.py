@@ -26,7 +26,7 @@ from torch import nn
 from asrkit.config import LASConfig
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.models.las_search import EOS, CTCScorer, Found, LMScorer, Scorer, State, UnitLM, beam_search, greedy_search
-from asrkit.models.layers import ASRModel, length_mask, pack, unpack
+from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
 from asrkit.records import Batch, Hypothesis
 
 ATTENTIONS = ("dot", "additive", "location")
@@ -71,7 +71,7 @@ def concat_pairs(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, 
     return x.reshape(b, t // 2, 2 * d), (lengths + 1) // 2
 
 
-class Listener(nn.Module):
+class Listener(EncoderModule):
     """[conv front end ->] BLSTM layers; the top `pyramid_layers` of them read pairs of frames (x2 each)."""
 
     def __init__(self, n_feats: int, hidden: int, layers: int, pyramid_layers: int, conv_layers: int = 0,
@@ -257,7 +257,7 @@ class LAS(ASRModel):
     """Listener, attention, speller composed; `loss` is cross-entropy with label smoothing and scheduled
     sampling (plus CTC on the listener when ctc_weight > 0), `decode` greedy or beam search."""
 
-    def __init__(self, listener: Listener, attention: Attention, speller: Speller, *, ctc: nn.Linear | None = None,
+    def __init__(self, listener: EncoderModule, attention: Attention, speller: Speller, *, ctc: nn.Linear | None = None,
                  teaching: Teaching | None = None, search: Search | None = None) -> None:
         super().__init__()
         self.listener, self.attention, self.speller, self.ctc = listener, attention, speller, ctc
@@ -399,10 +399,12 @@ class LAS(ASRModel):
         return out
 
 
-def build_las(cfg: LASConfig, n_feats: int, vocab_size: int) -> LAS:
-    """A LAS model sized by the [las] config section."""
-    listener = Listener(n_feats, cfg.listener_hidden, cfg.listener_layers, cfg.pyramid_layers, cfg.conv_layers,
-                        cfg.conv_channels, cfg.dropout)
+def build_las(cfg: LASConfig, n_feats: int, vocab_size: int, listener: EncoderModule | None = None) -> LAS:
+    """A LAS model sized by the [las] config section; `listener`: another encoder (a Conformer) in place of the
+    pyramidal BLSTM one."""
+    if listener is None:
+        listener = Listener(n_feats, cfg.listener_hidden, cfg.listener_layers, cfg.pyramid_layers, cfg.conv_layers,
+                            cfg.conv_channels, cfg.dropout)
     attention = Attention(cfg.attention, cfg.speller_hidden, listener.out_dim, cfg.attention_dim,
                           cfg.attention_heads, cfg.location_channels, cfg.location_kernel)
     speller = Speller(vocab_size, cfg.embedding_dim, listener.out_dim, cfg.speller_hidden, cfg.speller_layers,

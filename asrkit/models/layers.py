@@ -41,6 +41,22 @@ class ASRModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no search of its own")
 
 
+class EncoderModule(nn.Module):
+    """What every encoder is to the objectives: (B, T, F) feats, (B,) lengths -> (B, T', D), (B,) lengths.
+    Recurrent encoders that run chunk by chunk override `init_stream` and `step` (transducer.Encoder)."""
+
+    n_feats: int  # F
+    out_dim: int  # D
+    time_reduction: int  # T / T'
+
+    def init_stream(self, device: torch.device) -> list:
+        raise ValueError(f"a {type(self).__name__} needs the whole utterance and cannot stream; train a transducer "
+                         "with its own unidirectional LSTM encoder (transducer.bidirectional = false) to stream")
+
+    def step(self, feats: torch.Tensor, state: list, final: bool = False) -> tuple[torch.Tensor, list]:
+        raise ValueError(f"a {type(self).__name__} cannot stream")
+
+
 def make_norm(kind: str, dim: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm1d(dim)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.models.layers import ASRModel, length_mask, pack, unpack
+from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
 from asrkit.models.transducer_search import BLANK, BeamSearch, GreedySearch, to_hypothesis
 from asrkit.records import Batch, Hypothesis
 
@@ -99,7 +99,7 @@ class EncoderLayer(nn.Module):
         return self.dropout(self.norm(out)), state
 
 
-class Encoder(nn.Module):
+class Encoder(EncoderModule):
     """Transcription network: (B, T, F) -> (B, T', D) with T' = ceil(T / time_reduction)."""
 
     def __init__(self, n_feats: int, *, layers: int = 4, hidden: int = 320, bidirectional: bool = False,
@@ -309,7 +309,7 @@ def joint_loss(joiner: Joiner, enc: torch.Tensor, enc_lens: torch.Tensor, pred: 
 class Transducer(ASRModel):
     """RNN-T composed of an encoder, a prediction network and a joint network (see the module docstring)."""
 
-    def __init__(self, encoder: Encoder, predictor: Predictor, joiner: Joiner, *, decoding: str = "greedy",
+    def __init__(self, encoder: EncoderModule, predictor: Predictor, joiner: Joiner, *, decoding: str = "greedy",
                  beam_size: int = 4, nbest: int = 1, max_symbols: int = 8,
                  joint_max_elements: int = 50_000_000) -> None:
         super().__init__()

@@ -20,7 +20,6 @@ audio are listed in `out_dir/skipped.tsv`.
 
 from __future__ import annotations
 
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from pathlib import Path
 
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, keep_measured, progress_bar
-from asrkit.records import Utterance
+from asrkit.io import atomic_path
+from asrkit.prepare.common import PrepareResult, check_writable, finish, keep_measured, progress_bar
+from asrkit.records import Failure, Utterance
 
 PARTS = ("train", "test")
 RAW_SAMPLE_RATE = 16000  # an4_raw.bigendian: headerless 16 kHz, 16-bit signed, big-endian, mono
@@ -61,7 +61,7 @@ def prepare(corpus_dir: Path, out_dir: Path, *, dev_speakers: int = 0, workers: 
         raise AsrkitError(f"dev_speakers {dev_speakers} must be 0 or more and workers {workers} at least 1")
     out_dir = Path(out_dir)
     check_writable(out_dir)
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     splits: dict[str, list[Utterance]] = {}
     for part in PARTS:
         fileids = root / "etc" / f"an4_{part}.fileids"
@@ -83,7 +83,7 @@ def find_root(corpus_dir: Path) -> Path:
                       "(from an4_sphere.tar.gz or an4_raw.bigendian.tar.gz)")
 
 
-def _read_part(root: Path, part: str, skipped: list[Skipped]) -> list[_Entry]:
+def _read_part(root: Path, part: str, skipped: list[Failure]) -> list[_Entry]:
     """Pair the fileids of one part with their transcription lines; unmatched ones go to `skipped`."""
     fileids_path = root / "etc" / f"an4_{part}.fileids"
     trans_path = root / "etc" / f"an4_{part}.transcription"
@@ -99,20 +99,20 @@ def _read_part(root: Path, part: str, skipped: list[Skipped]) -> list[_Entry]:
             continue
         key = fileid.rsplit("/", 1)[-1]
         if key in seen:
-            skipped.append(Skipped(where, f"duplicate fileid {fileid} (first at {seen[key]})"))
+            skipped.append(Failure(path=where, reason=f"duplicate fileid {fileid} (first at {seen[key]})"))
             continue
         seen[key] = where
         found = texts.pop(key, None)
         if found is None:
-            skipped.append(Skipped(where, f"fileid {fileid} has no line in {trans_path.name}"))
+            skipped.append(Failure(path=where, reason=f"fileid {fileid} has no line in {trans_path.name}"))
             continue
         entries.append(_Entry(fileid, found[0], where))
     for key, (_, where) in texts.items():
-        skipped.append(Skipped(where, f"transcription of {key} but no such fileid in {fileids_path.name}"))
+        skipped.append(Failure(path=where, reason=f"transcription of {key} but no such fileid in {fileids_path.name}"))
     return entries
 
 
-def _read_transcription(path: Path, skipped: list[Skipped]) -> dict[str, tuple[str, str]]:
+def _read_transcription(path: Path, skipped: list[Failure]) -> dict[str, tuple[str, str]]:
     """{utterance id: (raw text, file:line)} from `<s> TEXT </s> (id)` lines."""
     texts: dict[str, tuple[str, str]] = {}
     for lineno, line in enumerate(_lines(path), 1):
@@ -121,11 +121,12 @@ def _read_transcription(path: Path, skipped: list[Skipped]) -> dict[str, tuple[s
         where = f"{path}:{lineno}"
         match = _LINE.match(line)
         if match is None:
-            skipped.append(Skipped(where, f"not a transcription line `<s> TEXT </s> (fileid)`: {line.strip()!r}"))
+            skipped.append(Failure(path=where,
+                                   reason=f"not a transcription line `<s> TEXT </s> (fileid)`: {line.strip()!r}"))
             continue
         key = match["id"]
         if key in texts:
-            skipped.append(Skipped(where, f"duplicate transcription of {key} (first at {texts[key][1]})"))
+            skipped.append(Failure(path=where, reason=f"duplicate transcription of {key} (first at {texts[key][1]})"))
             continue
         texts[key] = (match["text"], where)
     return texts
@@ -138,7 +139,7 @@ def _lines(path: Path) -> list[str]:
         raise AsrkitError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
-def _build(root: Path, out_dir: Path, entries: list[_Entry], skipped: list[Skipped],
+def _build(root: Path, out_dir: Path, entries: list[_Entry], skipped: list[Failure],
            workers: int) -> list[Utterance]:
     """Find each entry's audio (converting .raw to FLAC), measure it, and make the utterances."""
     located: list[tuple[_Entry, Path]] = []
@@ -150,19 +151,20 @@ def _build(root: Path, out_dir: Path, entries: list[_Entry], skipped: list[Skipp
         elif raw.is_file():
             raws.append((entry, raw, out_dir / "flac" / f"{entry.fileid}.flac"))
         else:
-            skipped.append(Skipped(str(sph), f"audio not found (no {sph.name} or {raw.name}) for {entry.where}"))
+            skipped.append(Failure(path=str(sph),
+                                   reason=f"audio not found (no {sph.name} or {raw.name}) for {entry.where}"))
     located += _convert_raws(raws, skipped, workers)
     pending: list[tuple[Path, Utterance]] = []
     for entry, audio in located:
         text = normalize_text(entry.text)
         if not text:
-            skipped.append(Skipped(entry.where, f"empty transcription for {entry.utt_id}"))
+            skipped.append(Failure(path=entry.where, reason=f"empty transcription for {entry.utt_id}"))
         else:
             pending.append((audio, Utterance(entry.utt_id, str(audio.resolve()), 0.0, text, entry.speaker)))
     return sorted(keep_measured(pending, skipped, workers, out_dir), key=lambda u: u.id)
 
 
-def _convert_raws(raws: list[tuple[_Entry, Path, Path]], skipped: list[Skipped],
+def _convert_raws(raws: list[tuple[_Entry, Path, Path]], skipped: list[Failure],
                   workers: int) -> list[tuple[_Entry, Path]]:
     """Convert headerless big-endian .raw files to FLAC in parallel (existing FLACs are kept)."""
     done: list[tuple[_Entry, Path]] = []
@@ -172,7 +174,7 @@ def _convert_raws(raws: list[tuple[_Entry, Path, Path]], skipped: list[Skipped],
         for (entry, raw, flac), error in zip(raws, pool.map(lambda r: raw_to_flac(r[1], r[2]), raws), strict=True):
             advance()
             if error:
-                skipped.append(Skipped(str(raw), error))
+                skipped.append(Failure(path=str(raw), reason=error))
             else:
                 done.append((entry, flac))
     return done
@@ -190,9 +192,8 @@ def raw_to_flac(raw: Path, flac: Path) -> str | None:
         data, _ = sf.read(str(raw), samplerate=RAW_SAMPLE_RATE, channels=1, format="RAW", subtype="PCM_16",
                           endian="BIG", dtype="int16")
         flac.parent.mkdir(parents=True, exist_ok=True)
-        tmp = flac.with_name(flac.name + ".tmp")
-        sf.write(str(tmp), data, RAW_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, flac)
+        with atomic_path(flac) as tmp:
+            sf.write(str(tmp), data, RAW_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     except Exception as err:  # report, never crash on one bad file
         return f"cannot convert .raw to FLAC ({type(err).__name__}: {err})"
     return None

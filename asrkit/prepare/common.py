@@ -1,6 +1,6 @@
 """What every corpus preparer shares: the result record, parallel duration measurement, writing the outputs.
 
-A preparer collects `Utterance`s per split and a `Skipped` entry for every input it could not use, then
+A preparer collects `Utterance`s per split and a `Failure` for every input it could not use, then
 calls `finish`, which writes `<split>.jsonl` manifests and `skipped.tsv` so nothing is lost without a word.
 """
 
@@ -20,19 +20,12 @@ from typing import TextIO
 from asrkit.data.audio import audio_info
 from asrkit.data.manifest import write_manifest
 from asrkit.errors import AsrkitError, AudioError
+from asrkit.io import atomic_open
 from asrkit.progress import say
-from asrkit.records import Utterance
+from asrkit.records import Failure, Utterance
 
 SKIPPED_FILE = "skipped.tsv"
 MEASURED_FILE = ".measured.cache"  # in the output folder (JSON lines): durations measured so far, for a rerun
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """One input that could not be used, and why."""
-
-    path: str
-    reason: str
 
 
 @dataclass
@@ -41,7 +34,7 @@ class PrepareResult:
 
     out_dir: Path
     splits: dict[str, list[Utterance]]
-    skipped: list[Skipped]
+    skipped: list[Failure]
     report_path: Path | None  # out_dir/skipped.tsv, or None when nothing was skipped
 
     def summary(self) -> str:
@@ -174,7 +167,7 @@ def _open_cache(cache: Path) -> TextIO:
     return log
 
 
-def keep_measured(pending: Sequence[tuple[Path, Utterance]], skipped: list[Skipped], workers: int,
+def keep_measured(pending: Sequence[tuple[Path, Utterance]], skipped: list[Failure], workers: int,
                   out_dir: Path | None = None) -> list[Utterance]:
     """Measure the audio of each (path, utterance-without-duration) pair; return the utterances with their
     durations, appending the unreadable ones to `skipped` with the reason. With `out_dir`, measurements are
@@ -184,7 +177,7 @@ def keep_measured(pending: Sequence[tuple[Path, Utterance]], skipped: list[Skipp
     for (path, utt), (duration, reason) in zip(pending, measure([p for p, _ in pending], workers, cache),
                                                strict=True):
         if duration is None:
-            skipped.append(Skipped(str(path), reason or "cannot read audio"))
+            skipped.append(Failure(path=str(path), reason=reason or "cannot read audio"))
         else:
             utts.append(replace(utt, duration=duration))
     return utts
@@ -206,7 +199,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
         yield lambda: bar.update(task, advance=1)
 
 
-def finish(out_dir: Path, splits: dict[str, list[Utterance]], skipped: list[Skipped]) -> PrepareResult:
+def finish(out_dir: Path, splits: dict[str, list[Utterance]], skipped: list[Failure]) -> PrepareResult:
     """Write `<split>.jsonl` per non-empty split and `skipped.tsv` (or remove a stale one); return the result.
 
     An empty split writes no manifest (and removes a stale one). Raises `AsrkitError` if every split is empty.
@@ -231,13 +224,11 @@ def finish(out_dir: Path, splits: dict[str, list[Utterance]], skipped: list[Skip
                          report_path=report if skipped else None)
 
 
-def _write_skipped(path: Path, skipped: list[Skipped]) -> None:
+def _write_skipped(path: Path, skipped: list[Failure]) -> None:
     def clean(value: str) -> str:
         return " ".join(str(value).split("\t")).replace("\r", " ").replace("\n", " ")
 
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("path\treason\n")
         for item in skipped:
             f.write(f"{clean(item.path)}\t{clean(item.reason)}\n")
-    tmp.replace(path)

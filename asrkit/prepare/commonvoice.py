@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import string
 import unicodedata
 from collections.abc import Sequence
@@ -44,9 +43,10 @@ import numpy as np
 
 from asrkit.data.audio import audio_info, load_audio
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, progress_bar
+from asrkit.io import atomic_path
+from asrkit.prepare.common import PrepareResult, check_writable, finish, progress_bar
 from asrkit.progress import say
-from asrkit.records import Utterance
+from asrkit.records import Failure, Utterance
 
 SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")  # the release's TSV files
 HELD_OUT_SHARE = 0.1  # validated.tsv fallback: share of speakers for dev and for test
@@ -94,15 +94,15 @@ def prepare(cv_dir: Path, out_dir: Path, *, lang: str = "en", splits: Sequence[s
     splits = _check_args(cv_dir, lang, splits, min_upvotes, min_duration, max_duration, sample_rate, workers)
     check_mp3_support()
     check_writable(out_dir)
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     rows = read_splits(cv_dir, splits, lang, skipped)
     candidates = _filter_rows(rows, lang, min_upvotes, skipped)
     converted = _convert_all(candidates, out_dir / "flac", sample_rate, workers, skipped)
     result: dict[str, list[Utterance]] = {name: [] for name in splits}
     for (row, text), (flac, duration) in converted:
         if not min_duration <= duration <= max_duration:
-            skipped.append(Skipped(str(row.clip), f"duration {duration:.2f} s outside [{min_duration}, "
-                                                  f"{max_duration}] s"))
+            skipped.append(Failure(path=str(row.clip),
+                                   reason=f"duration {duration:.2f} s outside [{min_duration}, {max_duration}] s"))
             continue
         result[row.split].append(Utterance(row.clip.stem, str(flac.resolve()), duration, text, row.speaker))
     return finish(out_dir, result, skipped)
@@ -139,7 +139,7 @@ def _check_args(cv_dir: Path, lang: str, splits: Sequence[str], min_upvotes: int
     return chosen
 
 
-def read_splits(cv_dir: Path, splits: list[str], lang: str, skipped: list[Skipped]) -> list[_Row]:
+def read_splits(cv_dir: Path, splits: list[str], lang: str, skipped: list[Failure]) -> list[_Row]:
     """Rows of every requested split's TSV, or of validated.tsv divided by speaker when none of them exist."""
     missing = [s for s in splits if not (cv_dir / f"{s}.tsv").is_file()]
     if not missing:
@@ -179,7 +179,7 @@ def assign_speakers(speakers: list[str], splits: Sequence[str]) -> dict[str, str
     return owner
 
 
-def read_tsv(tsv: Path, split: str, lang: str, skipped: list[Skipped]) -> list[_Row]:
+def read_tsv(tsv: Path, split: str, lang: str, skipped: list[Failure]) -> list[_Row]:
     """Rows of one Common Voice TSV; malformed rows go to `skipped`, a wrong header or locale raises."""
     clips = tsv.parent / "clips"
     rows: list[_Row] = []
@@ -212,10 +212,10 @@ def _columns(header: list[str] | None, tsv: Path) -> dict[str, int]:
 
 
 def _parse_row(line: list[str], cols: dict[str, int], where: str, split: str, clips: Path, lang: str,
-               skipped: list[Skipped]) -> _Row | None:
+               skipped: list[Failure]) -> _Row | None:
     needed = max(cols[c] for c in ("path", "sentence")) + 1
     if len(line) < needed or len(line) > len(cols):
-        skipped.append(Skipped(where, f"row has {len(line)} field(s), the header names {len(cols)}"))
+        skipped.append(Failure(path=where, reason=f"row has {len(line)} field(s), the header names {len(cols)}"))
         return None
 
     def cell(name: str) -> str:
@@ -229,11 +229,12 @@ def _parse_row(line: list[str], cols: dict[str, int], where: str, split: str, cl
         up = int(cell("up_votes")) if cell("up_votes") else None
         down = int(cell("down_votes")) if cell("down_votes") else None
     except ValueError:
-        skipped.append(Skipped(where, f"votes {cell('up_votes')!r}/{cell('down_votes')!r} are not integers"))
+        skipped.append(Failure(path=where,
+                               reason=f"votes {cell('up_votes')!r}/{cell('down_votes')!r} are not integers"))
         return None
     name = cell("path")
     if not name or Path(name).name != name:
-        skipped.append(Skipped(where, f"path {name!r} is not a clip file name"))
+        skipped.append(Failure(path=where, reason=f"path {name!r} is not a clip file name"))
         return None
     if not Path(name).suffix:
         name += ".mp3"  # early releases list clips without their extension
@@ -241,7 +242,7 @@ def _parse_row(line: list[str], cols: dict[str, int], where: str, split: str, cl
 
 
 def _filter_rows(rows: list[_Row], lang: str, min_upvotes: int,
-                 skipped: list[Skipped]) -> list[tuple[_Row, str]]:
+                 skipped: list[Failure]) -> list[tuple[_Row, str]]:
     """(row, normalised text) for rows that pass the cheap checks; the others go to `skipped`."""
     kept: list[tuple[_Row, str]] = []
     first: dict[Path, str] = {}
@@ -257,7 +258,7 @@ def _filter_rows(rows: list[_Row], lang: str, min_upvotes: int,
             problem = f"more down-votes than up-votes ({row.down_votes} > {row.up_votes})"
         first.setdefault(row.clip, row.where)
         if problem:
-            skipped.append(Skipped(str(row.clip), problem))
+            skipped.append(Failure(path=str(row.clip), reason=problem))
         else:
             kept.append((row, text))
     return kept
@@ -302,7 +303,7 @@ def normalize_sentence(text: str, lang: str) -> tuple[str, str | None]:
 
 
 def _convert_all(candidates: list[tuple[_Row, str]], flac_dir: Path, sample_rate: int, workers: int,
-                 skipped: list[Skipped]) -> list[tuple[tuple[_Row, str], tuple[Path, float]]]:
+                 skipped: list[Failure]) -> list[tuple[tuple[_Row, str], tuple[Path, float]]]:
     """Convert the candidates' clips in a thread pool; returns those that worked with (flac, duration)."""
     done: list[tuple[tuple[_Row, str], tuple[Path, float]]] = []
 
@@ -315,7 +316,7 @@ def _convert_all(candidates: list[tuple[_Row, str]], flac_dir: Path, sample_rate
         for cand, (duration, reason) in zip(candidates, pool.map(work, candidates), strict=True):
             advance()
             if duration is None:
-                skipped.append(Skipped(str(cand[0].clip), reason or "cannot decode"))
+                skipped.append(Failure(path=str(cand[0].clip), reason=reason or "cannot decode"))
             else:
                 done.append((cand, (flac_dir / f"{cand[0].clip.stem}.flac", duration)))
     return done
@@ -345,11 +346,9 @@ def convert_clip(src: Path, dst: Path, sample_rate: int) -> tuple[float | None, 
         return None, f"cannot decode {kind}: damaged or not {kind} (libsndfile: {detail})"
     except Exception as err:  # report, never crash on one bad clip
         return None, f"cannot decode ({type(err).__name__}: {err})"
-    tmp = dst.with_name(dst.name + ".tmp")
     try:
-        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
     except Exception as err:
-        tmp.unlink(missing_ok=True)
         return None, f"cannot write {dst} ({type(err).__name__}: {err})"
     return len(wave) / sample_rate, None

@@ -24,8 +24,8 @@ from typing import Literal
 
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, keep_measured
-from asrkit.records import Utterance
+from asrkit.prepare.common import PrepareResult, check_writable, finish, keep_measured
+from asrkit.records import Failure, Utterance
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".opus")
 _LIST_DELIMITERS = {".tsv": "\t", ".csv": ","}
@@ -79,23 +79,24 @@ def _check_fractions(dev_fraction: float, test_fraction: float) -> None:
                           "to leave utterances for training")
 
 
-def _scan_folder(corpus_dir: Path) -> tuple[list[_Candidate], list[Skipped]]:
-    """Every audio file under `corpus_dir` with its same-stem .txt transcript; the rest as Skipped."""
+def _scan_folder(corpus_dir: Path) -> tuple[list[_Candidate], list[Failure]]:
+    """Every audio file under `corpus_dir` with its same-stem .txt transcript; the rest as `Failure`s."""
     audio = sorted(p for p in corpus_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not audio:
         raise AsrkitError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {corpus_dir}; expected audio "
                           "files with same-stem .txt transcripts or --list FILE (a TSV/CSV of path,text)")
     candidates: list[_Candidate] = []
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     for path in audio:
         transcript = path.with_suffix(".txt")
         if not transcript.is_file():
-            skipped.append(Skipped(str(path), f"no transcript: expected {transcript.name} beside it"))
+            skipped.append(Failure(path=str(path), reason=f"no transcript: expected {transcript.name} beside it"))
             continue
         try:
             raw = transcript.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as err:
-            skipped.append(Skipped(str(path), f"cannot read transcript {transcript.name} as UTF-8 text ({err})"))
+            skipped.append(Failure(path=str(path),
+                                   reason=f"cannot read transcript {transcript.name} as UTF-8 text ({err})"))
             continue
         candidates.append(_Candidate(path, make_id(path, corpus_dir), normalize_text(raw), path.parent.name))
     return _drop_unusable(candidates, skipped)
@@ -110,33 +111,34 @@ def make_id(path: Path, corpus_dir: Path) -> str:
     return rel.with_suffix("").as_posix().replace("/", "-")
 
 
-def _drop_unusable(candidates: list[_Candidate], skipped: list[Skipped]) -> tuple[list[_Candidate], list[Skipped]]:
+def _drop_unusable(candidates: list[_Candidate], skipped: list[Failure]) -> tuple[list[_Candidate], list[Failure]]:
     """Move empty transcripts and duplicate ids (the later one) to `skipped`."""
     kept: list[_Candidate] = []
     first: dict[str, Path] = {}
     for cand in candidates:
         if not cand.text:
-            skipped.append(Skipped(str(cand.path), "empty transcript (nothing left after text normalisation)"))
+            skipped.append(Failure(path=str(cand.path),
+                                   reason="empty transcript (nothing left after text normalisation)"))
         elif cand.utt_id in first:
-            skipped.append(Skipped(str(cand.path), f"duplicate id {cand.utt_id!r} (already used by "
-                                                   f"{first[cand.utt_id]}); rename one of the files"))
+            skipped.append(Failure(path=str(cand.path), reason=f"duplicate id {cand.utt_id!r} (already used by "
+                                                               f"{first[cand.utt_id]}); rename one of the files"))
         else:
             first[cand.utt_id] = cand.path
             kept.append(cand)
     return kept, skipped
 
 
-def _read_list(list_file: Path, corpus_dir: Path) -> tuple[list[_Candidate], list[Skipped]]:
-    """Rows of a TSV/CSV list as candidates; a listed file that does not exist is Skipped."""
+def _read_list(list_file: Path, corpus_dir: Path) -> tuple[list[_Candidate], list[Failure]]:
+    """Rows of a TSV/CSV list as candidates; a listed file that does not exist is a `Failure`."""
     rows = read_list_rows(list_file)
     candidates: list[_Candidate] = []
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     for path_str, text, speaker in rows:
         path = Path(path_str).expanduser()
         if not path.is_absolute():
             path = corpus_dir / path
         if not path.is_file():
-            skipped.append(Skipped(str(path), f"listed in {list_file.name} but the file does not exist"))
+            skipped.append(Failure(path=str(path), reason=f"listed in {list_file.name} but the file does not exist"))
             continue
         speaker = speaker or path.parent.name
         candidates.append(_Candidate(path, make_id(path, corpus_dir), normalize_text(text), speaker))

@@ -23,7 +23,6 @@ kept, so an interrupted run can be resumed.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections.abc import Sequence
@@ -36,8 +35,9 @@ import numpy as np
 from asrkit.data.audio import load_audio, write_audio
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.prepare.common import MEASURED_FILE, PrepareResult, Skipped, check_writable, finish, measure, progress_bar
-from asrkit.records import Utterance
+from asrkit.io import atomic_path
+from asrkit.prepare.common import MEASURED_FILE, PrepareResult, check_writable, finish, measure, progress_bar
+from asrkit.records import Failure, Utterance
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 8000  # FSDD's native rate; connected utterances are written at it
@@ -106,17 +106,17 @@ def _check_options(split: str, min_digits: int, max_digits: int, passes: int) ->
         raise AsrkitError(f"passes {passes} must be at least 1")
 
 
-def find_recordings(corpus_dir: Path) -> tuple[list[Recording], list[Skipped]]:
-    """Parse every file in the recordings folder; files not named `{digit}_{speaker}_{index}.wav` are Skipped."""
+def find_recordings(corpus_dir: Path) -> tuple[list[Recording], list[Failure]]:
+    """Parse every file in the recordings folder; files not named `{digit}_{speaker}_{index}.wav` are Failures."""
     if not corpus_dir.is_dir():
         raise AsrkitError(f"{corpus_dir}: FSDD folder not found; expected {_LAYOUT}")
     folder = corpus_dir / "recordings" if (corpus_dir / "recordings").is_dir() else corpus_dir
     recs: list[Recording] = []
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         match = _NAME.match(path.name)
         if match is None:
-            skipped.append(Skipped(str(path), "name does not match {digit}_{speaker}_{index}.wav"))
+            skipped.append(Failure(path=str(path), reason="name does not match {digit}_{speaker}_{index}.wav"))
             continue
         recs.append(Recording(path, int(match[1]), match[2], int(match[3])))
     if not recs:
@@ -159,14 +159,14 @@ def assign_splits(recs: list[Recording], split: str, dev_speakers: Sequence[str]
     return out
 
 
-def _measure_recordings(recs: list[Recording], skipped: list[Skipped], workers: int,
+def _measure_recordings(recs: list[Recording], skipped: list[Failure], workers: int,
                         out_dir: Path) -> dict[Recording, float]:
     """Duration per readable recording (cached in out_dir/.measured.cache); unreadable ones go to `skipped`."""
     durations: dict[Recording, float] = {}
     results = measure([r.path for r in recs], workers, out_dir / MEASURED_FILE)
     for rec, (duration, reason) in zip(recs, results, strict=True):
         if duration is None:
-            skipped.append(Skipped(str(rec.path), reason or "cannot read audio"))
+            skipped.append(Failure(path=str(rec.path), reason=reason or "cannot read audio"))
         else:
             durations[rec] = duration
     return durations
@@ -211,15 +211,15 @@ def plan_groups(recs: list[Recording], audio_dir: Path, split: str, *, min_digit
     return groups
 
 
-def _build_all(groups: list[_Group], durations: dict[Recording, float], skipped: list[Skipped],
+def _build_all(groups: list[_Group], durations: dict[Recording, float], skipped: list[Failure],
                workers: int) -> list[Utterance]:
-    """Write (or reuse) the audio of every group in a thread pool; a group that fails is Skipped."""
+    """Write (or reuse) the audio of every group in a thread pool; a group that fails is skipped (a `Failure`)."""
     utts: list[Utterance] = []
     with progress_bar("writing connected digits", len(groups)) as advance, ThreadPoolExecutor(workers) as pool:
         for group, result in zip(groups, pool.map(lambda g: _build(g, durations), groups), strict=True):
             advance()
             if isinstance(result, str):
-                skipped.append(Skipped(str(group.path), result))
+                skipped.append(Failure(path=str(group.path), reason=result))
                 continue
             text = normalize_text(" ".join(WORDS[r.digit] for r in group.recs))
             utts.append(Utterance(group.utt_id, str(group.path.resolve()), result, text, group.speaker,
@@ -255,7 +255,6 @@ def _build(group: _Group, durations: dict[Recording, float]) -> float | str:
         return f"connected utterance not built: {err}"
     pieces.append(np.zeros(_samples(EDGE_MS), dtype=np.int16))
     audio = np.concatenate(pieces)
-    tmp = group.path.with_name(group.path.stem + ".partial.wav")
-    write_audio(tmp, audio, SAMPLE_RATE)
-    os.replace(tmp, group.path)
+    with atomic_path(group.path, suffix=".partial.wav") as tmp:  # .wav: soundfile picks the format from the name
+        write_audio(tmp, audio, SAMPLE_RATE)
     return len(audio) / SAMPLE_RATE

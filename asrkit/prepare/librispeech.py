@@ -27,9 +27,9 @@ from pathlib import Path
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
 from asrkit.prepare import download as dl
-from asrkit.prepare.common import PrepareResult, Skipped, check_writable, finish, keep_measured
+from asrkit.prepare.common import PrepareResult, check_writable, finish, keep_measured
 from asrkit.progress import say
-from asrkit.records import Utterance
+from asrkit.records import Failure, Utterance
 
 SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
            "train-other-500")
@@ -55,7 +55,7 @@ def prepare(out_dir: Path, *, subsets: Sequence[str], corpus_dir: Path | None = 
                           "<subset>.tar.gz files, or use --download")
     check_writable(out_dir)
     splits: dict[str, list[Utterance]] = {}
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     for subset in subsets:
         subset_dir = locate_subset(subset, out_dir, corpus_dir=corpus_dir, download=download, base_url=base_url)
         splits[subset] = _read_subset(subset_dir, out_dir, skipped, workers)
@@ -108,7 +108,7 @@ def _extract(tarball: Path, subset: str, work: Path) -> Path:
     return extracted
 
 
-def _read_subset(subset_dir: Path, out_dir: Path, skipped: list[Skipped], workers: int) -> list[Utterance]:
+def _read_subset(subset_dir: Path, out_dir: Path, skipped: list[Failure], workers: int) -> list[Utterance]:
     """Utterances of one extracted subset; problems are appended to `skipped`."""
     flacs = sorted(subset_dir.glob("*/*/*.flac"))
     lines = _read_transcripts(subset_dir, skipped)
@@ -120,23 +120,23 @@ def _read_subset(subset_dir: Path, out_dir: Path, skipped: list[Skipped], worker
         line = lines.pop(flac.stem, None)
         if line is None:
             trans = f"{flac.parent.parent.name}-{flac.parent.name}.trans.txt"
-            skipped.append(Skipped(str(flac), f"no transcript: id {flac.stem} has no line in {trans}"))
+            skipped.append(Failure(path=str(flac), reason=f"no transcript: id {flac.stem} has no line in {trans}"))
         else:
             paired.append((flac, line))
     for line in lines.values():
-        skipped.append(Skipped(line.where, f"transcript line for {line.utt_id} but no audio file "
-                                           f"{line.utt_id}.flac in its chapter folder"))
+        skipped.append(Failure(path=line.where, reason=f"transcript line for {line.utt_id} but no audio file "
+                                                       f"{line.utt_id}.flac in its chapter folder"))
     return _measure_pairs(paired, out_dir, skipped, workers)
 
 
-def _read_transcripts(subset_dir: Path, skipped: list[Skipped]) -> dict[str, _Line]:
+def _read_transcripts(subset_dir: Path, skipped: list[Failure]) -> dict[str, _Line]:
     """Every `*.trans.txt` line of the subset by utterance id; malformed and duplicate lines go to `skipped`."""
     lines: dict[str, _Line] = {}
     for trans in sorted(subset_dir.glob("*/*/*.trans.txt")):
         try:
             content = trans.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
-            skipped.append(Skipped(str(trans), f"cannot read transcript file as UTF-8 text ({err})"))
+            skipped.append(Failure(path=str(trans), reason=f"cannot read transcript file as UTF-8 text ({err})"))
             continue
         for lineno, raw in enumerate(content.splitlines(), 1):
             if not raw.strip():
@@ -144,19 +144,19 @@ def _read_transcripts(subset_dir: Path, skipped: list[Skipped]) -> dict[str, _Li
             where = f"{trans}:{lineno}"
             utt_id, _, text = raw.strip().partition(" ")
             if utt_id in lines:
-                skipped.append(Skipped(where, f"duplicate id {utt_id} (first at {lines[utt_id].where})"))
+                skipped.append(Failure(path=where, reason=f"duplicate id {utt_id} (first at {lines[utt_id].where})"))
                 continue
             lines[utt_id] = _Line(utt_id, text, where)
     return lines
 
 
-def _measure_pairs(paired: list[tuple[Path, _Line]], out_dir: Path, skipped: list[Skipped],
+def _measure_pairs(paired: list[tuple[Path, _Line]], out_dir: Path, skipped: list[Failure],
                    workers: int) -> list[Utterance]:
     pending: list[tuple[Path, Utterance]] = []
     for flac, line in paired:
         text = normalize_text(line.text)
         if not text:
-            skipped.append(Skipped(line.where, f"empty transcript for {line.utt_id}"))
+            skipped.append(Failure(path=line.where, reason=f"empty transcript for {line.utt_id}"))
             continue
         speaker, chapter = flac.parent.parent.name, flac.parent.name
         pending.append((flac, Utterance(line.utt_id, str(flac.resolve()), 0.0, text, speaker, {"chapter": chapter})))
