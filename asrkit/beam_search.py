@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from asrkit.decoding import LMDecodeOptions
+    from asrkit.search import SearchOptions
 
 WORD_START = "\u2581"  # sentencepiece's word-boundary marker
 AVG_WORD_LEN = 6  # pyctcdecode's: a partial unknown word longer than this is penalised in proportion
@@ -98,14 +98,14 @@ class PrefixBeamSearch:
     built (look-ahead pruning); beams more than `beam_prune_logp` below the best are dropped, then the best
     `beam_size` are kept. pyctcdecode's scoring otherwise, in a faster loop."""
 
-    def __init__(self, vocab: Sequence[str], options: LMDecodeOptions, lm: Any = None) -> None:
+    def __init__(self, vocab: Sequence[str], options: SearchOptions, lm: Any = None) -> None:
         self.options = options
         self.lm = lm
         self.kinds = token_kinds(vocab)
         self.hotwords = Hotwords(options.hotwords, options.hotword_weight) if options.hotwords else None
         self._partials: dict[str, float] = {}
 
-    def set_options(self, options: LMDecodeOptions) -> None:
+    def set_options(self, options: SearchOptions) -> None:
         self.options = options
         self._partials = {}  # they scale with alpha
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from asrkit.config import Config, config_from_dict
+from asrkit.config import MOVED_TO_DECODE, Config, config_from_dict
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
 from asrkit.errors import AsrkitError
 from asrkit.io import atomic_open
 from asrkit.models import ASRModel, build_model
 
-VERSION = 1
+VERSION = 2  # 2: every search setting in [decode] (1 had them in [las] and [transducer]; migrated on load)
 
 
 @dataclass
@@ -80,9 +80,49 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             from None
     if not isinstance(data, dict) or "version" not in data or "model" not in data:
         raise AsrkitError(f"{path}: not an asrkit checkpoint (no version/model keys)")
-    if data["version"] > VERSION:
-        raise AsrkitError(f"{path}: checkpoint version {data['version']} is newer than this asrkit "
-                          f"(reads up to {VERSION}); upgrade asrkit")
+    version = data["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise AsrkitError(f"{path}: unknown checkpoint format {version!r} (asrkit writes 1 to {VERSION}); it was "
+                          "not written by asrkit, or the file is damaged: retrain, or use the tool that wrote it")
+    if version > VERSION:
+        raise AsrkitError(f"{path}: checkpoint format {version} was written by a newer asrkit (this one reads "
+                          f"formats 1 to {VERSION}); upgrade asrkit (pip install -U asrkit) to load it")
+    if version < VERSION:
+        try:
+            data = migrate(data)
+        except (AsrkitError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise AsrkitError(f"{path}: checkpoint format {version} (written by an asrkit older than this one) could "
+                              f"not be migrated to format {VERSION} ({err}); load it with the asrkit version that "
+                              "wrote it, or retrain") from None
+    return data
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint dict of an older format as the current format holds it (a new dict; the weights shared).
+
+    1 -> 2: the search settings move from the model family's section ([las] or [transducer]) into [decode]
+    (config.MOVED_TO_DECODE: lm_path -> lm, ctc_decode_weight -> ctc_weight, transducer decoding "greedy" ->
+    beam_size 1); those keys of the sections the model does not use (saved at their defaults) are dropped."""
+    data = dict(data)
+    if data["version"] == 1:
+        config = {name: dict(values) for name, values in data["config"].items()}
+        own = config["model"]["family"]
+        decode = config.setdefault("decode", {})
+        for (section, key), new in MOVED_TO_DECODE.items():
+            if section not in config or key not in config[section]:
+                continue
+            value = config[section].pop(key)
+            if section == own and key != "decoding":
+                decode[new] = value
+        if own in config and "decoding" in data["config"][own]:
+            decoding = data["config"][own]["decoding"]
+            if decoding not in ("greedy", "beam"):
+                raise ValueError(f"unknown {own}.decoding {decoding!r}")
+            if decoding == "greedy":
+                decode["beam_size"], decode["nbest"] = 1, 1
+        if not decode.get("lm"):
+            decode.pop("lm_weight", None)  # a weight without an LM fused nothing
+        data["config"], data["version"] = config, 2
     return data
 
 
@@ -103,10 +143,15 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """Rebuild config, tokenizer, featurizer and model (in eval mode) from a checkpoint file."""
+    """Rebuild config, tokenizer, featurizer and model (in eval mode) from a checkpoint file (an older format
+    migrated, see `migrate`)."""
     resolved = resolve_checkpoint(path)
     data = read_checkpoint(resolved)
-    config = config_from_dict(data["config"])
+    try:
+        config = config_from_dict(data["config"])
+    except AsrkitError as err:
+        raise AsrkitError(f"{resolved}: its config does not load in this asrkit ({err}); load it with the asrkit "
+                          "version that wrote it, or retrain") from None
     tokenizer = tokenizer_from_dict(data["tokenizer"])
     stats = data.get("features") or {}
     featurizer = Featurizer(config.features, stats.get("mean"), stats.get("std"))

@@ -15,6 +15,23 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from asrkit.cli_decode import (
+    AlphaOpt,
+    BeamOpt,
+    BetaOpt,
+    DecodeParamsOpt,
+    GreedyOpt,
+    HotwordOpt,
+    HotwordWeightOpt,
+    LmOpt,
+    OutputFormat,
+    SegmentOpt,
+    SetOpt,
+    WorkersOpt,
+    checked_segment_seconds,
+    decode_request,
+    transcribe_stream,
+)
 from asrkit.cli_prepare import prepare_app
 from asrkit.errors import AsrkitError
 
@@ -73,7 +90,10 @@ def _report_failures(failures: list[Any], total: int, noun: str, note: str = "",
 def train(
     config: Annotated[Path | None, typer.Argument(help="TOML config (only the keys that differ from defaults); "
                                                   "omit for the defaults.")] = None,
-    data: Annotated[Path, typer.Option(help="Folder with train.jsonl (and dev.jsonl for dev WER).")] = Path("data"),
+    data: Annotated[list[Path] | None, typer.Option(help="Folder with train.jsonl (and dev.jsonl for dev WER); "
+                                                    "repeatable: trains on the union of the folders' train.jsonl, "
+                                                    "dev WER on the union of their dev.jsonl (and per folder). "
+                                                    "Default: data.")] = None,
     exp: Annotated[Path, typer.Option(help="Experiment folder: checkpoints, history, TensorBoard logs.")] = Path("exp"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 "
                                                    "(repeatable).")] = None,
@@ -86,7 +106,7 @@ def train(
     from asrkit.train import fit
 
     cfg = load_config(config, set_ or [])
-    result = fit(cfg, data, exp, resume=resume, progress=progress)
+    result = fit(cfg, data or [Path("data")], exp, resume=resume, progress=progress)
     if not result.main:  # another DDP rank: rank 0 reports
         raise typer.Exit(EXIT_PARTIAL if result.skipped else EXIT_OK)
     best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""
@@ -158,40 +178,6 @@ def _show_config(sections: dict[str, dict[str, Any]], key: str | None) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-class OutputFormat(StrEnum):
-    text = "text"
-    jsonl = "jsonl"
-
-
-def _transcribe_stream(model: Path, audio: list[Path], out: Path | None, format: OutputFormat, device: str,
-                       chunk_ms: int, pcm_rate: int) -> None:
-    """`transcribe --stream`: each final transcript as soon as its input ends; partials and latency on stderr."""
-    from asrkit.stream import Partial, latency_summary, stream_files
-    from asrkit.transcribe import Failure, hypothesis_json
-
-    shown: dict[str, str] = {}
-
-    def show(name: str, partial: Partial) -> None:
-        text = partial.stable.strip()
-        if text and text != shown.get(name):
-            shown[name] = text
-            typer.echo(f"{name} [{partial.audio_s:6.2f} s] {text}", err=True)
-
-    failures: list[Failure] = []
-    sink = sys.stdout if out is None else out.open("w", encoding="utf-8")
-    try:
-        for name, result in stream_files(model, audio, chunk_ms=chunk_ms, pcm_rate=pcm_rate, device=device,
-                                         failures=failures, on_partial=show):
-            hyp = result.hypothesis
-            sink.write((hypothesis_json(name, hyp) if format == OutputFormat.jsonl else f"{name}\t{hyp.text}") + "\n")
-            sink.flush()
-            typer.echo(f"{name}: {latency_summary(result, chunk_ms)}", err=True)
-    finally:
-        if out is not None:
-            sink.close()
-    _report_failures(failures, len(audio), "inputs")
-
-
 lm_app = typer.Typer(help="Word n-gram language models (KenLM) for CTC beam search.", no_args_is_help=True)
 app.add_typer(lm_app, name="lm")
 
@@ -215,6 +201,9 @@ def lm_build(
     prune: Annotated[str, typer.Option(help="lmplz --prune counts per order, e.g. 0,1,1 drops singleton 2- and "
                                        "3-grams.")] = "",
     memory: Annotated[str, typer.Option(help="lmplz -S: memory for sorting, e.g. 20% or 2G.")] = "20%",
+    normaliser: Annotated[str | None, typer.Option(help="Text normaliser (asrkit.data.text.NORMALISERS), e.g. "
+                                                   "default, commonvoice-en; by default the one `asrkit prepare` "
+                                                   "recorded beside the manifests given, else default.")] = None,
 ) -> None:
     """Train a word n-gram LM with KenLM's lmplz on text normalised like the transcripts (needs `make kenlm`)."""
     from asrkit.lm_build import build_lm
@@ -223,48 +212,7 @@ def lm_build(
         counts = [int(p) for p in prune.split(",") if p.strip()]
     except ValueError:
         raise AsrkitError(f"--prune {prune!r}: expected integers like 0,1,1") from None
-    typer.echo(build_lm(text, out, order=order, prune=counts, memory=memory).summary())
-
-
-def _decode_settings(model: Path, decode_params: Path | None, greedy: bool, lm: Path | None,
-                     beam_size: int | None, alpha: float | None, beta: float | None, hotword: list[str] | None,
-                     hotword_weight: float | None, nbest: int | None) -> Any:
-    from asrkit.transcribe import decode_options
-
-    return decode_options(model, decode_params=decode_params, greedy=greedy, lm=lm, beam_size=beam_size,
-                          alpha=alpha, beta=beta, hotwords=hotword or [], hotword_weight=hotword_weight,
-                          nbest=nbest)
-
-
-# Options shared by `transcribe` and `evaluate` (beam search with an n-gram LM).
-LmOpt = Annotated[Path | None, typer.Option("--lm", help="KenLM model (.bin / .arpa from `asrkit lm build`): "
-                                            "beam search with the LM.")]
-BeamOpt = Annotated[int | None, typer.Option(help="CTC models: beams kept per frame (default 32, or the tuned value); "
-                                             "LAS and RNN-T: the beam of their own search (1: greedy).")]
-AlphaOpt = Annotated[float | None, typer.Option(help="LM weight (default 0.5, or the tuned value).")]
-BetaOpt = Annotated[float | None, typer.Option(help="Word insertion bonus (default 1.0, or the tuned value).")]
-HotwordOpt = Annotated[list[str] | None, typer.Option("--hotword", help="Word or phrase to boost (repeatable).")]
-HotwordWeightOpt = Annotated[float | None, typer.Option(help="Score added per hotword match (default 10).")]
-DecodeParamsOpt = Annotated[Path | None, typer.Option(help="Decode settings written by `asrkit tune` "
-                                                      "(default: tune.json beside the model, if there).")]
-GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Greedy decoding even if tune.json is beside the model.")]
-WorkersOpt = Annotated[int, typer.Option(help="Processes decoding in parallel (0: one per CPU core).")]
-SegmentOpt = Annotated[float | None, typer.Option(help="Audio longer than this many seconds (default 40) is cut at "
-                                                  "pauses into pieces of at most this length, decoded and stitched, so "
-                                                  "memory stays bounded for hours of audio; 0: decode files whole.")]
-
-
-def _segment_seconds(seconds: float | None) -> float:
-    """--segment-seconds checked, or asrkit.longform's default."""
-    from asrkit.longform import DEFAULT_SEGMENT_SECONDS, check_segment_seconds
-
-    if seconds is None:
-        return DEFAULT_SEGMENT_SECONDS
-    try:
-        check_segment_seconds(seconds)
-    except AsrkitError as err:
-        raise AsrkitError(f"--segment-seconds: {err}") from None
-    return seconds
+    typer.echo(build_lm(text, out, order=order, prune=counts, memory=memory, normaliser=normaliser).summary())
 
 
 @app.command()
@@ -287,6 +235,7 @@ def transcribe(
     nbest: Annotated[int | None, typer.Option(help="Hypotheses per file in the JSONL output (beam search).")] = None,
     decode_params: DecodeParamsOpt = None,
     greedy: GreedyOpt = False,
+    set_: SetOpt = None,
     workers: WorkersOpt = 0,
     segment_seconds: SegmentOpt = None,
     stream: Annotated[bool, typer.Option("--stream", help="Feed the audio in --chunk-ms chunks through a streaming "
@@ -302,17 +251,17 @@ def transcribe(
     from asrkit.transcribe import hypothesis_json, transcribe_nbest
 
     if stream:
-        if lm or beam_size or alpha is not None or beta is not None or hotword or nbest or decode_params:
-            raise AsrkitError("--stream decodes with the streaming model's own search; drop --lm, --beam-size, "
-                              "--alpha, --beta, --hotword, --nbest and --decode-params, or drop --stream")
-        _transcribe_stream(model, audio, out, format, device, chunk_ms, pcm_rate)
+        if lm or beam_size or alpha is not None or beta is not None or hotword or nbest or decode_params or set_:
+            raise AsrkitError("--stream decodes with the search in the model's [decode]; drop --lm, --beam-size, "
+                              "--alpha, --beta, --hotword, --nbest, --set and --decode-params, or drop --stream")
+        _report_failures(transcribe_stream(model, audio, out, format, device, chunk_ms, pcm_rate), len(audio),
+                         "inputs")
         return
     if any(str(a) == "-" for a in audio):
         raise AsrkitError("AUDIO '-' (raw PCM on standard input) needs --stream")
-    decode = _decode_settings(model, decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight,
-                              nbest)
+    decode = decode_request(decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight, nbest, set_)
     results, failures = transcribe_nbest(model, audio, device=device, batch_size=batch_size, decode=decode,
-                                         workers=workers, segment_seconds=_segment_seconds(segment_seconds))
+                                         workers=workers, segment_seconds=checked_segment_seconds(segment_seconds))
     lines = [hypothesis_json(p, hyps[0], hyps if len(hyps) > 1 else ()) if format == OutputFormat.jsonl
              else f"{p}\t{hyps[0].text}" for p, hyps in results]
     text = "".join(line + "\n" for line in lines)
@@ -323,7 +272,8 @@ def transcribe(
     if plot_attention is not None:
         from asrkit.transcribe import plot_alignments
 
-        written, _ = plot_alignments(model, audio, plot_attention, device=device, batch_size=batch_size)
+        written, _ = plot_alignments(model, audio, plot_attention, device=device, batch_size=batch_size,
+                                     decode=decode)
         typer.echo(f"{len(written)} attention plot(s) in {plot_attention}", err=True)
     _report_failures(failures, len(audio), "files")
 
@@ -345,20 +295,20 @@ def evaluate(
     hotword_weight: HotwordWeightOpt = None,
     decode_params: DecodeParamsOpt = None,
     greedy: GreedyOpt = False,
+    set_: SetOpt = None,
     workers: WorkersOpt = 0,
     segment_seconds: SegmentOpt = None,
 ) -> None:
     """Word and character error rates of a model on a manifest. Exit code 3 when some utterances could not be read
     (they are named, left out of the WER and listed in the report)."""
     from asrkit.checkpoint import resolve_checkpoint
-    from asrkit.transcribe import evaluate as run
+    from asrkit.evaluate import evaluate as run
 
-    decode = _decode_settings(model, decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight,
-                              None)
+    decode = decode_request(decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight, None, set_)
     if report is None:
         report = resolve_checkpoint(model).parent / f"{manifest.stem}.report.json"
     result = run(model, manifest, report=report, device=device, batch_size=batch_size, decode=decode,
-                 workers=workers, segment_seconds=_segment_seconds(segment_seconds))
+                 workers=workers, segment_seconds=checked_segment_seconds(segment_seconds))
     typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, "
                f"{result.decoding}; report {report})")
     _report_failures(result.failures, len(result.utterances) + len(result.failures), "utterances",
@@ -397,13 +347,12 @@ def tune(
     """Search the LM weight alpha and word bonus beta on a dev set, write the best to tune.json beside the model.
 
     The model runs once; its emissions are decoded again for every setting, in parallel processes."""
-    from asrkit.decoding import LMDecodeOptions
     from asrkit.tune import tune as run
 
     result = run(model, dev_manifest, lm, out=out, method=method.value,
                  alpha_range=_parse_range(alpha_range, "--alpha-range"),
                  beta_range=_parse_range(beta_range, "--beta-range"), steps=steps, trials=trials, seed=seed,
-                 base=LMDecodeOptions(beam_size=beam_size, backend=backend), device=device, batch_size=batch_size,
+                 beam_size=beam_size, backend=backend, device=device, batch_size=batch_size,
                  workers=workers, progress=progress)
     typer.echo(result.summary())
     _report_failures(result.failures, result.utterances + len(result.failures), "utterances",

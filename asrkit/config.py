@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkit.errors import AsrkitError
+from asrkit.search import SearchOptions
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class FeatureConfig:
 class TokenizerConfig:
     kind: str = "char"  # char | bpe | unigram (the last two via sentencepiece)
     vocab_size: int = 256  # sentencepiece vocabulary size (without the CTC blank)
+    normaliser: str = "default"  # text normaliser of the transcripts (asrkit.data.text); training sets it from DATA
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,6 @@ class LASConfig:
     sampling_start_step: int = 0  # the chance ramps linearly from 0 at this optimiser step ...
     sampling_end_step: int = 2000  # ... to sampling_rate at this one
     ctc_weight: float = 0.0  # CTC head on the listener: loss = (1 - w) attention + w CTC; 0 = no head
-    beam_size: int = 4  # decoding: hypotheses kept per step; 1 = greedy
-    nbest: int = 1  # hypotheses kept in n-best lists (decode_nbest); at most beam_size
-    length_penalty: float = 0.0  # GNMT alpha: hypotheses ranked by log p / ((5 + length) / 6)^alpha
-    coverage_penalty: float = 0.0  # GNMT beta: + beta * sum over frames of log min(attention received, 1)
-    max_len_ratio: float = 2.0  # at most this many output tokens per listener frame
-    lm_path: str = ""  # shallow fusion: KenLM model whose words are the tokens (asrkit.models.las_search.UnitLM)
-    lm_weight: float = 0.0  # shallow fusion: weight of the LM log-probability (0 = no fusion)
-    ctc_decode_weight: float = 0.0  # joint decoding: (1 - w) attention + w CTC prefix score (needs ctc_weight > 0)
 
 
 @dataclass(frozen=True)
@@ -125,10 +119,6 @@ class TransducerConfig:
     joint_dim: int = 320  # joint network: encoder and predictor projected to this size, added, tanh, -> vocab
     dropout: float = 0.1  # dropout after encoder layers, on the predictor's embeddings and outputs
     joint_max_elements: int = 50_000_000  # loss sub-batch cap on B*T'*(U+1)*(V+joint_dim); ~8 bytes each
-    decoding: str = "greedy"  # greedy | beam (time-synchronous beam search, Saon et al. 2020)
-    beam_size: int = 4  # hypotheses kept per encoder frame when decoding = "beam"
-    nbest: int = 1  # hypotheses kept in n-best lists (decode_nbest); at most beam_size
-    max_symbols: int = 8  # most tokens per encoder frame while decoding; >= the longest burst (chars: 5-8)
 
 
 @dataclass(frozen=True)
@@ -163,7 +153,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeConfig(SearchOptions):
+    """How a model decodes: every search setting (asrkit.search.SearchOptions, with its comments) and the batch
+    size. Saved in the checkpoint; `asrkit tune` and the transcribe / evaluate options override it."""
+
     batch_size: int = 16  # utterances per forward pass when transcribing
 
 
@@ -199,8 +192,11 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
 
 # The values a choice may take, checked whenever a config is built (TOML, --set, a checkpoint's config).
 FAMILIES = ("deepspeech2", "las", "transducer")  # asrkit.models.MODELS has one builder for each
+NORMALISERS = ("default", "commonvoice", "commonvoice-de", "commonvoice-en", "commonvoice-es", "commonvoice-fr",
+               "commonvoice-it")  # asrkit.data.text.NORMALISERS has one normaliser for each
 CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("tokenizer", "kind"): ("char", "bpe", "unigram"),
+    ("tokenizer", "normaliser"): NORMALISERS,
     ("model", "family"): FAMILIES,
     ("model", "rnn_type"): ("gru", "lstm"),
     ("model", "norm"): ("batch", "layer"),
@@ -208,7 +204,6 @@ CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("encoder", "conv_norm"): ("layer", "batch"),
     ("encoder", "subsampling"): (4, 6, 8),
     ("las", "attention"): ("dot", "additive", "location"),
-    ("transducer", "decoding"): ("greedy", "beam"),
     ("train", "optimizer"): ("adamw", "sgd"),
     ("train", "precision"): ("auto", "bf16", "fp32"),
     ("train", "features_on"): ("auto", "device", "workers"),
@@ -217,6 +212,18 @@ CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
 # The sections (and [model] keys) a model uses; a key set in any other is an error (see `check_used`).
 DS2_KEYS = ("conv_layers", "conv_channels", "rnn_type", "rnn_layers", "rnn_hidden", "bidirectional", "norm",
             "relu_clip", "dropout")
+
+# Search settings that lived in a family's section before [decode] held them all: (section, key) -> [decode] key.
+# A TOML file that still sets one gets an error naming the new place; an old checkpoint is migrated
+# (asrkit.checkpoint). transducer.decoding = "greedy" became decode.beam_size = 1.
+MOVED_TO_DECODE: dict[tuple[str, str], str] = {
+    **{("las", k): k for k in ("beam_size", "nbest", "length_penalty", "coverage_penalty", "max_len_ratio",
+                               "lm_weight")},
+    ("las", "lm_path"): "lm",
+    ("las", "ctc_decode_weight"): "ctc_weight",
+    **{("transducer", k): k for k in ("beam_size", "nbest", "max_symbols")},
+    ("transducer", "decoding"): "beam_size",
+}
 
 _SECTIONS: dict[str, type] = {
     "features": FeatureConfig,
@@ -238,6 +245,10 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise AsrkitError(f"config {key}: expected true or false, got {value!r}")
+    if isinstance(default, tuple) and not default:  # a list of strings of any length (decode.hotwords)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise AsrkitError(f"config {key}: expected a list of strings like [\"word\"], got {value!r}")
+        return tuple(value)
     if isinstance(default, tuple):
         if isinstance(value, str):
             try:
@@ -287,6 +298,10 @@ def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
         valid = {f.name for f in fields(cls)}
         kwargs = {}
         for key, value in values.items():
+            if (name, key) in MOVED_TO_DECODE:
+                raise AsrkitError(f"config {name}.{key}: the search settings of every model are in [decode] now; "
+                                  f"set decode.{MOVED_TO_DECODE[name, key]} instead"
+                                  + (" (greedy: 1)" if key == "decoding" else ""))
             if key not in valid:
                 raise AsrkitError(f"unknown config key {name}.{key}; "
                                   f"valid keys in [{name}]: {', '.join(sorted(valid))}")
@@ -295,7 +310,10 @@ def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
             if valid_values is not None and kwargs[key] not in valid_values:
                 raise AsrkitError(f"unknown {name}.{key} {kwargs[key]!r}; valid: "
                                   f"{', '.join(repr(v) if v == '' else str(v) for v in valid_values)}")
-        sections[name] = cls(**kwargs)
+        try:
+            sections[name] = cls(**kwargs)
+        except AsrkitError as err:  # the [decode] checks (asrkit.search.SearchOptions)
+            raise AsrkitError(f"config [{name}]: {err}") from None
     return Config(**sections)
 
 
@@ -335,6 +353,23 @@ def parse_sets(sets: list[str]) -> dict[str, dict[str, Any]]:
         except tomllib.TOMLDecodeError:
             value = raw.strip()
         out.setdefault(section, {})[name] = value
+    return out
+
+
+def decode_sets(sets: list[str]) -> dict[str, Any]:
+    """transcribe / evaluate `--set decode.KEY=VALUE`: {key: value}, typed as the TOML's would be. Only the search
+    settings of [decode] (asrkit.search.SearchOptions)."""
+    defaults = SearchOptions()
+    valid = {f.name for f in fields(SearchOptions)}
+    out: dict[str, Any] = {}
+    for section, values in parse_sets(sets).items():
+        if section != "decode":
+            raise AsrkitError(f"--set {section}.{next(iter(values))}: here --set takes the search settings of "
+                              "[decode] only, e.g. --set decode.lm_weight=0.3")
+        for key, value in values.items():
+            if key not in valid:
+                raise AsrkitError(f"unknown decode setting decode.{key}; valid: {', '.join(sorted(valid))}")
+            out[key] = _coerce(value, getattr(defaults, key), f"decode.{key}")
     return out
 
 

@@ -9,21 +9,21 @@ The beam search has three backends, the same objective (alpha = LM weight, beta 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asrkit.beam_search import WORD_START, PrefixBeamSearch
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.errors import AsrkitError
 from asrkit.progress import say
 from asrkit.records import Emissions, Hypothesis, WordTiming
+from asrkit.search import CTC_BEAM, SearchOptions, is_greedy
 
-BACKENDS = ("flashlight", "asrkit", "pyctcdecode")
+if TYPE_CHECKING:
+    from asrkit import lm as lmlib
 
 
 def ctc_greedy(emissions: Emissions, tokenizer: Tokenizer) -> list[Hypothesis]:
@@ -74,64 +74,7 @@ def word_timings(tokens: Sequence[int], frames: Sequence[int], vocab: Sequence[s
 # ------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LMDecodeOptions:
-    """CTC beam-search settings. The defaults are the fast ones measured in bench/ctc_decode.py. [a]: used by the
-    asrkit (and pyctcdecode) backend only; the flashlight backend falls back to asrkit for hotwords and n-best."""
-
-    lm: str = ""  # KenLM model (.bin, .arpa or .arpa.gz, e.g. from `asrkit lm build`); empty: no LM (asrkit backend)
-    alpha: float = 0.5  # LM weight (on the natural log of the LM probability)
-    beta: float = 1.0  # word insertion bonus (per word)
-    beam_size: int = 32  # beams kept after each frame
-    beam_prune_logp: float = -8.0  # drop beams this far (natural log) below the best one
-    token_min_logp: float = -5.0  # tokens below this in a frame are not expanded (flashlight: blank runs cut only)
-    token_top_k: int = 0  # expand at most this many of a frame's most likely tokens (0: no limit)
-    lm_lookahead: bool = True  # score a word being spelt by its likeliest completion's unigram (flashlight: always)
-    prune_history: bool = False  # keep one of beams whose last (order - 1) words agree (off when nbest > 1) [a]
-    hotwords: tuple[str, ...] = ()  # words or phrases to boost [a]
-    hotword_weight: float = 10.0  # score added per hotword match [a]
-    nbest: int = 1  # hypotheses returned per utterance
-    unk_score_offset: float = -10.0  # log10 score added for a word the LM does not know (flashlight: none spelt) [a]
-    backend: str = "flashlight"  # flashlight (C++, falls back to asrkit where it cannot) | asrkit | pyctcdecode
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise AsrkitError(f"beam size {self.beam_size} must be at least 1 (try --beam-size 32)")
-        if self.nbest < 1:
-            raise AsrkitError(f"nbest {self.nbest} must be at least 1")
-        if self.nbest > self.beam_size:
-            raise AsrkitError(f"nbest {self.nbest} is larger than the beam size {self.beam_size}; "
-                              f"raise --beam-size to at least {self.nbest}")
-        if self.beam_prune_logp >= 0 or self.token_min_logp >= 0:
-            raise AsrkitError(f"beam_prune_logp {self.beam_prune_logp} and token_min_logp {self.token_min_logp} "
-                              "are log-probabilities and must be negative")
-        for name in ("alpha", "beta", "hotword_weight", "unk_score_offset"):
-            if not math.isfinite(getattr(self, name)):
-                raise AsrkitError(f"{name} {getattr(self, name)} must be a finite number")
-        if self.backend not in BACKENDS:
-            raise AsrkitError(f"unknown decoding backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
-        if self.alpha < 0:
-            raise AsrkitError(f"alpha {self.alpha} must be >= 0 (0 turns the LM off)")
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["hotwords"] = list(self.hotwords)
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> LMDecodeOptions:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise AsrkitError(f"{where}: unknown decode setting(s) {', '.join(unknown)}; "
-                              f"valid: {', '.join(sorted(valid))}")
-        kwargs = dict(data)
-        if "hotwords" in kwargs:
-            kwargs["hotwords"] = tuple(str(h) for h in kwargs["hotwords"])
-        try:
-            return cls(**kwargs)
-        except TypeError as err:
-            raise AsrkitError(f"{where}: {err}") from None
+LMDecodeOptions = SearchOptions  # the CTC beam-search settings are part of SearchOptions ([decode]); old name
 
 
 def ctc_labels(vocab: Sequence[str]) -> list[str]:
@@ -162,9 +105,12 @@ class CTCBeamDecoder:
     Build once (the LM is loaded once and cached per process), decode many; `set_weights` changes alpha and
     beta without reloading (tuning)."""
 
-    def __init__(self, vocab: Sequence[str], options: LMDecodeOptions) -> None:
+    def __init__(self, vocab: Sequence[str], options: SearchOptions, lm: lmlib.WordLM | None = None) -> None:
+        """`lm`: options.lm already loaded (the asrkit and pyctcdecode backends use it; flashlight loads its own)."""
         from asrkit import lm as lmlib
 
+        if not options.beam_size:
+            options = replace(options, beam_size=CTC_BEAM)
         self.vocab = list(vocab)
         self.backend = resolve_backend(self.vocab, options)
         self.options = options
@@ -177,14 +123,14 @@ class CTCBeamDecoder:
 
             self._search = LexiconSearch(self.vocab, options)
             return
+        word_lm = lm if lm is not None or not options.lm else lmlib.WordLM(options.lm, self.vocab,
+                                                                           options.unk_score_offset)
         if self.backend == "asrkit":
-            word_lm = lmlib.WordLM(options.lm, self.vocab, options.unk_score_offset) if options.lm else None
             self._search = PrefixBeamSearch(self.vocab, options, word_lm)
             return
         pyctcdecode = lmlib.require_pyctcdecode()
         language_model = None
-        if options.lm:
-            word_lm = lmlib.WordLM(options.lm, self.vocab, options.unk_score_offset)
+        if word_lm is not None:
             language_model = pyctcdecode.LanguageModel(word_lm.model, word_lm.words, alpha=float(options.alpha),
                                                         beta=float(options.beta),
                                                         unk_score_offset=float(options.unk_score_offset))
@@ -234,7 +180,7 @@ class CTCBeamDecoder:
 _NOTICES: set[str] = set()  # fallback notices already printed by this process
 
 
-def resolve_backend(vocab: Sequence[str], options: LMDecodeOptions) -> str:
+def resolve_backend(vocab: Sequence[str], options: SearchOptions) -> str:
     """The backend that decodes: the one asked for, except flashlight where it is not installed or cannot serve
     the request (hotwords, n-best lists, no LM, word pieces): asrkit's, with a notice once per process."""
     if options.backend != "flashlight":
@@ -255,9 +201,18 @@ def resolve_backend(vocab: Sequence[str], options: LMDecodeOptions) -> str:
     return "asrkit"
 
 
-def ctc_beam_search(emissions: Emissions, tokenizer: Tokenizer, options: LMDecodeOptions,
+def ctc_decode(emissions: Emissions, tokenizer: Tokenizer, search: SearchOptions,
+               lm: lmlib.WordLM | None = None) -> list[list[Hypothesis]]:
+    """N-best lists of a batch of emissions under a resolved search (asrkit.search.resolve): best path when it is
+    greedy, else beam search in this process (`DecoderPool` decodes many in parallel)."""
+    if is_greedy(search):
+        return [[h] for h in ctc_greedy(emissions, tokenizer)]
+    return ctc_beam_search(emissions, tokenizer, search, CTCBeamDecoder(tokenizer.vocab, search, lm))
+
+
+def ctc_beam_search(emissions: Emissions, tokenizer: Tokenizer, options: SearchOptions,
                     decoder: CTCBeamDecoder | None = None) -> list[list[Hypothesis]]:
-    """N-best lists of a batch of emissions (in this process; see `decode_parallel` for many)."""
+    """N-best lists of a batch of emissions (in this process; see `DecoderPool` for many)."""
     decoder = decoder or CTCBeamDecoder(tokenizer.vocab, options)
     log_probs = emissions.log_probs.detach().float().cpu().numpy()
     return [decoder.decode(log_probs[b, : int(n)], emissions.frame_shift)
@@ -271,7 +226,7 @@ def ctc_beam_search(emissions: Emissions, tokenizer: Tokenizer, options: LMDecod
 _WORKER: CTCBeamDecoder | None = None
 
 
-def _init_worker(decoder: CTCBeamDecoder | None, vocab: list[str], options: LMDecodeOptions) -> None:
+def _init_worker(decoder: CTCBeamDecoder | None, vocab: list[str], options: SearchOptions) -> None:
     """A forked worker inherits the parent's decoder (LM already loaded); a spawned one builds its own."""
     global _WORKER
     _WORKER = decoder if decoder is not None else CTCBeamDecoder(vocab, options)
@@ -291,7 +246,7 @@ class DecoderPool:
     Use as a context manager; `decode` may be called many times (tuning: the same emissions, other alpha
     and beta), the workers and their LM stay loaded."""
 
-    def __init__(self, vocab: Sequence[str], options: LMDecodeOptions, workers: int = 1) -> None:
+    def __init__(self, vocab: Sequence[str], options: SearchOptions, workers: int = 1) -> None:
         self.options = options
         self.workers = max(1, workers)
         self._local = CTCBeamDecoder(vocab, options)  # also validates the LM before any worker starts

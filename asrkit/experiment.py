@@ -3,17 +3,22 @@
 Checks of the train config; EXP made (or found, for --resume) and proven writable; the resumed config compared
 with the checkpoint's; training utterances too long for a batch set aside with their reason; the tokenizer and the
 feature statistics fitted on the training set (rank 0 alone, handed to the others as plain values); dev text the
-tokenizer cannot spell announced. `train.fit` calls these in that order.
+tokenizer cannot spell announced. `train.fit` calls these in that order, after `load_data` has read the --data
+corpora (one or several folders: the union of their train.jsonl, and of their dev.jsonl).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from asrkit.config import Config
 from asrkit.data.audio import load_utterance
 from asrkit.data.features import Featurizer
+from asrkit.data.manifest import read_manifest
+from asrkit.data.text import NORMALISER_FILE, read_normaliser
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.io import atomic_write
@@ -73,8 +78,142 @@ def resumed_config(saved: Config, given: Config) -> Config:
     return given
 
 
+def with_normaliser(cfg: Config, folders: Sequence[Path]) -> Config:
+    """`cfg` with tokenizer.normaliser set to the text normaliser the --data folders record beside their manifests
+    (normaliser.json, written by `asrkit prepare`), so the checkpoints carry it. Folders without a record (manifests
+    made by hand) leave the config's; folders that record different ones, or a config that names another, are
+    errors."""
+    recorded = {folder: name for folder in folders if (name := read_normaliser(folder)) is not None}
+    names = set(recorded.values())
+    if len(names) > 1:
+        each = ", ".join(f"{folder / NORMALISER_FILE}: {name}" for folder, name in recorded.items())
+        raise AsrkitError(f"the --data folders' transcripts went through different text normalisers ({each}); a "
+                          "model learns one spelling: prepare them with the same normaliser")
+    given = cfg.tokenizer.normaliser
+    if not names or names == {given}:
+        return cfg
+    name, folder = names.pop(), next(iter(recorded))
+    if given != "default":
+        raise AsrkitError(f"tokenizer.normaliser = {given!r}, but {folder / NORMALISER_FILE} records that the "
+                          f"transcripts went through {name!r}; leave tokenizer.normaliser out (the data's is "
+                          "recorded) or prepare the data again")
+    return replace(cfg, tokenizer=replace(cfg.tokenizer, normaliser=name))
+
+
+@dataclass
+class Corpus:
+    """One --data folder: its train.jsonl and, when there is one, its dev.jsonl."""
+
+    name: str  # the folder's name; more of its path when two folders share a name
+    folder: Path
+    train: list[Utterance]
+    dev: list[Utterance]
+
+
+@dataclass
+class TrainingData:
+    """The --data corpora of a run: the union of their training sets and of their dev sets, ids unique."""
+
+    corpora: list[Corpus]
+    train: list[Utterance]
+    dev: list[Utterance]
+    dev_corpus: dict[str, str]  # dev utterance id -> corpus name (dev WER per corpus)
+    sources: list[str]  # the folders, resolved: recorded in the checkpoint, --resume must give the same
+    notes: list[str]  # for rank 0 to say once the run starts (the corpora, ids prefixed)
+
+    def manifests(self, split: str) -> str:
+        """The split's manifest files, for messages."""
+        return ", ".join(str(c.folder / f"{split}.jsonl") for c in self.corpora
+                         if split == "train" or c.dev)
+
+
+def load_data(folders: Sequence[Path]) -> TrainingData:
+    """Read every --data folder's train.jsonl (and dev.jsonl when present). When corpora share an utterance id,
+    every id (train and dev, of every corpus) is prefixed with its corpus name, `NAME/ID`, and a note says so."""
+    if not folders:
+        raise AsrkitError("no --data folder given: pass --data DIR (a folder holding train.jsonl)")
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        if folder.is_file():
+            raise AsrkitError(f"--data {folder}: a file; --data takes the folder that holds train.jsonl (and "
+                              f"dev.jsonl): --data {folder.parent}")
+        if not folder.is_dir():
+            raise AsrkitError(f"--data {folder}: folder not found ({folder / 'train.jsonl'}: manifest not found); "
+                              "prepare a corpus there with `asrkit prepare ...`")
+        if folder.resolve() in seen:
+            raise AsrkitError(f"--data {folder}: given twice (also as --data {seen[folder.resolve()]}); give each "
+                              "corpus once")
+        seen[folder.resolve()] = folder
+    corpora = [Corpus(name, folder, read_manifest(folder / "train.jsonl"),
+                      read_manifest(folder / "dev.jsonl") if (folder / "dev.jsonl").is_file() else [])
+               for name, folder in zip(_corpus_names(folders), folders, strict=True)]
+    for c in corpora:
+        empty = [u.id for u in c.train if not u.text.strip()]
+        if empty:
+            raise AsrkitError(f"{c.folder / 'train.jsonl'}: empty transcript in {', '.join(empty[:5])}"
+                              f"{' ...' if len(empty) > 5 else ''}; remove these lines or add their text")
+    notes = []
+    if len(corpora) > 1:
+        each = ", ".join(f"{c.name} ({len(c.train)} train, {len(c.dev)} dev)" for c in corpora)
+        notes.append(f"training on {len(corpora)} corpora: {each}; {sum(len(c.train) for c in corpora)} train, "
+                     f"{sum(len(c.dev) for c in corpora)} dev utterances in all")
+    shared = _shared_id(corpora, "train") or _shared_id(corpora, "dev")
+    if shared:
+        utt_id, first, second, split = shared
+        corpora = [replace(c, train=_prefixed(c.name, c.train), dev=_prefixed(c.name, c.dev)) for c in corpora]
+        notes.append(f"note: utterance id {utt_id!r} is in both {first.folder / split}.jsonl and "
+                     f"{second.folder / split}.jsonl: every utterance id is prefixed with its corpus name "
+                     f"({second.name}/{utt_id}); skipped.tsv and messages use these ids")
+        still = _shared_id(corpora, "train") or _shared_id(corpora, "dev")
+        if still:  # a corpus name with a slash can make NAME/ID ambiguous
+            raise AsrkitError(f"utterance id {still[0]!r} is in both {still[1].folder / still[3]}.jsonl and "
+                              f"{still[2].folder / still[3]}.jsonl, even prefixed with the corpus name; give "
+                              "the lines distinct ids")
+    return TrainingData(corpora, [u for c in corpora for u in c.train], [u for c in corpora for u in c.dev],
+                        {u.id: c.name for c in corpora for u in c.dev}, [str(f.resolve()) for f in folders], notes)
+
+
+def _corpus_names(folders: Sequence[Path]) -> list[str]:
+    """Each folder's name; folders that share it are named by as much more of their path as tells them apart."""
+    parts = [folder.resolve().parts for folder in folders]
+    depth = [1] * len(folders)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            return names
+        depth = [d + 1 if n in clashes else d for n, d in zip(names, depth, strict=True)]
+
+
+def _shared_id(corpora: list[Corpus], split: str) -> tuple[str, Corpus, Corpus, str] | None:
+    """The first utterance id of `split` that two corpora share: (id, first corpus, second corpus, split)."""
+    owner: dict[str, Corpus] = {}
+    for c in corpora:
+        for u in c.train if split == "train" else c.dev:
+            if u.id in owner:
+                return u.id, owner[u.id], c, split
+            owner[u.id] = c
+    return None
+
+
+def _prefixed(name: str, utts: list[Utterance]) -> list[Utterance]:
+    return [replace(u, id=f"{name}/{u.id}") for u in utts]
+
+
+def check_resumed_data(state: dict[str, Any], data: TrainingData) -> None:
+    """--resume continues on the --data folders the checkpoint was trained on, in the same order (the batches of
+    an epoch, and so the position saved in it, depend on them)."""
+    saved = state.get("data")
+    if saved is None:  # a checkpoint written before the data list was recorded
+        return
+    if list(saved) != data.sources:
+        raise AsrkitError(f"--resume: the checkpoint was trained on --data {' --data '.join(saved)}, but this run "
+                          f"has --data {' --data '.join(data.sources)}; resume with the same --data folders in the "
+                          "same order, or start a new --exp")
+
+
 def drop_too_long(utts: list[Utterance], max_duration: float,
-                  manifest: Path) -> tuple[list[Utterance], dict[str, str]]:
+                  manifest: Path | str) -> tuple[list[Utterance], dict[str, str]]:
     """The utterances no longer than `max_duration` seconds (0: all), and {id: reason} for the others: one
     hour of audio in a batch would exhaust memory rather than teach the model anything."""
     if max_duration < 0:
@@ -91,29 +230,23 @@ def drop_too_long(utts: list[Utterance], max_duration: float,
     return kept, too_long
 
 
-def fit_data(cfg: Config, utts: list[Utterance], data_dir: Path,
+def fit_data(cfg: Config, utts: list[Utterance],
              progress: bool) -> tuple[dict[str, Any], tuple[Any, Any], dict[str, str]]:
-    """Tokenizer and feature statistics from the training set (rank 0 alone), as plain values to hand out."""
+    """Tokenizer and feature statistics from the training set (rank 0 alone), as plain values to hand out.
+    `load_data` has refused empty transcripts."""
     skipped: dict[str, str] = {}
-    tokenizer = _tokenizer(cfg, utts, data_dir)
+    tokenizer = train_tokenizer(cfg.tokenizer.kind, [u.text for u in utts], cfg.tokenizer.vocab_size)
     featurizer = _fit_featurizer(cfg, utts, progress, skipped)
     return tokenizer.to_dict(), (featurizer.mean, featurizer.std), skipped
 
 
-def _tokenizer(cfg: Config, utts: list[Utterance], data_dir: Path) -> Tokenizer:
-    empty = [u.id for u in utts if not u.text.strip()]
-    if empty:
-        raise AsrkitError(f"{data_dir / 'train.jsonl'}: empty transcript in {', '.join(empty[:5])}"
-                          f"{' ...' if len(empty) > 5 else ''}; remove these lines or add their text")
-    return train_tokenizer(cfg.tokenizer.kind, [u.text for u in utts], cfg.tokenizer.vocab_size)
-
-
-def check_dev_text(tokenizer: Tokenizer, dev_utts: list[Utterance], data_dir: Path) -> None:
+def check_dev_text(tokenizer: Tokenizer, data: TrainingData) -> None:
     """Warn (with the utterance ids) about dev characters the tokenizer never saw: they can only be errors."""
-    bad = find_unencodable(tokenizer, dev_utts)
-    if bad:
-        say(f"warning: {data_dir / 'dev.jsonl'}: characters never seen in training (they count as errors in "
-            f"dev WER): {describe_unencodable(bad)}")
+    for corpus in data.corpora:
+        bad = find_unencodable(tokenizer, corpus.dev)
+        if bad:
+            say(f"warning: {corpus.folder / 'dev.jsonl'}: characters never seen in training (they count as errors "
+                f"in dev WER): {describe_unencodable(bad)}")
 
 
 def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped: dict[str, str]) -> Featurizer:

@@ -23,14 +23,14 @@ import numpy as np
 from asrkit.errors import AsrkitError
 
 if TYPE_CHECKING:
-    from asrkit.decoding import LMDecodeOptions
+    from asrkit.search import SearchOptions
 
 LOG10 = math.log(10.0)  # KenLM scores are log10
 SPACE = " "  # the character tokenizer's word separator
 IMPOSSIBLE = -1e4  # log-prob of the other tokens in the frame appended to end the last word
 
 
-def unsupported(vocab: Sequence[str], options: LMDecodeOptions) -> str:
+def unsupported(vocab: Sequence[str], options: SearchOptions) -> str:
     """Why the lexicon search cannot serve this request ("" when it can)."""
     if not options.lm:
         return "beam search without an LM"
@@ -69,7 +69,7 @@ class LexiconSearch:
     """Beam search of (T, V) log-probs with flashlight's LexiconDecoder; `search` returns the best hypothesis as
     asrkit.beam_search.PrefixBeamSearch.search returns its list: [(text, score, (start, end) frames of each word)]."""
 
-    def __init__(self, vocab: Sequence[str], options: LMDecodeOptions) -> None:
+    def __init__(self, vocab: Sequence[str], options: SearchOptions) -> None:
         reason = unsupported(vocab, options)
         if reason:
             raise AsrkitError(f"the flashlight backend cannot decode {reason}; use the asrkit backend")
@@ -81,7 +81,7 @@ class LexiconSearch:
         self._space = self.vocab.index(SPACE)
         self.set_options(options)
 
-    def set_options(self, options: LMDecodeOptions) -> None:
+    def set_options(self, options: SearchOptions) -> None:
         """New alpha, beta or beam settings; the LM and the trie stay (smeared scores do not depend on alpha)."""
         fl = self._fl
         self.options = options

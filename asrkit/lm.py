@@ -1,5 +1,7 @@
 """Word n-gram language models for CTC beam search: find an LM file and its words, check them against the
-tokenizer, load it (KenLM, flashlight-text's KenLM), score words. Building one: asrkit.lm_build.
+tokenizer, load it (KenLM, flashlight-text's KenLM), score words. Building one: asrkit.lm_build. Also the unit
+LMs (over a model's own tokens) of the attention decoder's shallow fusion, and `load_fusion_lm`: the LM a model's
+`decode` takes, loaded once outside the model.
 
 `kenlm`, `pyctcdecode` and `flashlight-text` (the `lm` extra) are imported here and nowhere else, lazily,
 with an install hint. An LM's words are those of its ARPA's 1-grams, or for a binary of STEM.unigrams.txt
@@ -15,11 +17,14 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asrkit.errors import AsrkitError
+
+if TYPE_CHECKING:
+    from asrkit.data.tokenizer import Tokenizer
 
 LM_EXTRA_HINT = "install the LM extra: pip install 'asrkit[lm]' (kenlm, pyctcdecode, flashlight-text)"
 SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
@@ -286,3 +291,55 @@ class WordLM:
             self._unigrams = np.array([self.model.score(w, bos=False, eos=False) for w in self.words],
                                       dtype=np.float32)
         return self._unigrams
+
+
+# ---------------------------------------------------------------------------------------------- unit LMs
+
+SPACE_WORD = "<sp>"  # the space of a character tokenizer, as a word of a unit LM
+
+
+def unit_word(piece: str) -> str:
+    """A token as a word of a unit LM: the space of a character tokenizer is SPACE_WORD, other pieces as is."""
+    return SPACE_WORD if piece == " " else piece
+
+
+def unit_sentence(tokenizer: Tokenizer, text: str) -> str:
+    """A transcript as a line of text for a unit LM (e.g. `lmplz -o 8 --discount_fallback < units.txt`)."""
+    return " ".join(unit_word(tokenizer.vocab[i]) for i in tokenizer.encode(text))
+
+
+class UnitLM:
+    """A KenLM n-gram whose words are the model's tokens (see `unit_word`), for the attention decoder's shallow
+    fusion; id 0 scores as the end of sentence."""
+
+    def __init__(self, path: str | Path, vocab: Sequence[str]) -> None:
+        self.path = resolve_lm(path)
+        self.model = load_kenlm(str(self.path))
+        self.words = ["</s>", *(unit_word(p) for p in vocab[1:])]
+        if not any(w in self.model for w in self.words[1:]):
+            raise AsrkitError(f"{self.path}: none of the model's tokens ({', '.join(self.words[1:6])}, ...) is a word "
+                              "of this LM; a fusion LM must be built over the same units (asrkit.lm.unit_sentence "
+                              "writes its text)")
+        self._state = require_kenlm().State
+
+    def start(self) -> Any:
+        state = self._state()
+        self.model.BeginSentenceWrite(state)
+        return state
+
+    def score(self, state: Any, token: int) -> tuple[float, Any]:
+        """Natural-log probability of the token after `state`, and the state after it."""
+        out = self._state()
+        return self.model.BaseScore(state, self.words[token], out) * LOG10, out
+
+
+def load_fusion_lm(path: str, units: str, vocab: Sequence[str]) -> UnitLM | WordLM | None:
+    """The LM a model's `decode` takes as `lm` (ASRModel.fusion_lm names its units), loaded once: "tokens" a
+    UnitLM, "words" a WordLM; None without a path or for a model that takes none."""
+    if not path or not units:
+        return None
+    if units == "tokens":
+        return UnitLM(path, vocab)
+    if units == "words":
+        return WordLM(path, vocab)
+    raise ValueError(f"unknown LM units {units!r}; valid: tokens, words")

@@ -1,6 +1,10 @@
 """Build KenLM word n-grams: `asrkit lm build` (lmplz / build_binary on text normalised like the transcripts), and
 the one-time conversion of a gzipped ARPA (LibriSpeech's 3-gram.arpa.gz, 4-gram.arpa.gz) to a KenLM binary.
 
+The LM text goes through a named normaliser of asrkit.data.text.NORMALISERS: the one given, else the one recorded
+beside the manifests among the inputs (normaliser.json, written by `asrkit prepare`), else "default". Lines that
+normaliser refuses (Common Voice's: digits, letters outside the language's alphabet) are left out and counted.
+
 Text is streamed: LibriSpeech's 800 M words of LM text (librispeech-lm-norm.txt.gz) go from the gzip file
 through the normalisation into lmplz's standard input, never written out in between.
 
@@ -22,11 +26,11 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asrkit.data.text import normalize_text
+from asrkit.data.text import DEFAULT, NORMALISER_FILE, get_normaliser, normalize_text, read_normaliser
 from asrkit.errors import AsrkitError
 from asrkit.io import atomic_path
 from asrkit.lm import lm_stem, unigram_words
@@ -48,21 +52,56 @@ def find_tool(name: str) -> Path:
                       f"or put a KenLM build's bin/ folder on PATH")
 
 
-def read_lm_text(paths: Sequence[str | Path]) -> Iterator[str]:
-    """Normalised sentences of text files (plain or .gz, one sentence a line) or JSONL manifests (their
-    `text` fields). Empty lines are skipped."""
+def is_manifest(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz", ".json"))
+
+
+def lm_normaliser(paths: Sequence[str | Path], name: str | None = None) -> str:
+    """The normaliser for LM text: `name` when given (checked), else the one recorded beside the manifests among
+    `paths`, else "default". Manifests that record different ones are an error."""
+    if name is not None:
+        get_normaliser(name)
+        return name
+    recorded = {folder: found for folder in dict.fromkeys(Path(p).parent for p in paths if is_manifest(Path(p)))
+                if (found := read_normaliser(folder)) is not None}
+    if len(set(recorded.values())) > 1:
+        each = ", ".join(f"{folder / NORMALISER_FILE}: {found}" for folder, found in recorded.items())
+        raise AsrkitError(f"the manifests record different text normalisers ({each}); choose one with --normaliser")
+    return next(iter(recorded.values()), DEFAULT)
+
+
+@dataclass
+class Refused:
+    """LM text lines the normaliser refused (left out): how many, and the first with its reason."""
+
+    lines: int = 0
+    first: str = ""  # "FILE:LINE: reason"
+
+
+def read_lm_text(paths: Sequence[str | Path], normaliser: str = DEFAULT,
+                 refused: Refused | None = None) -> Iterator[str]:
+    """Sentences of text files (plain or .gz, one sentence a line) or JSONL manifests (their `text` fields),
+    through the named normaliser. Empty lines are skipped; lines the normaliser refuses are skipped and counted
+    in `refused`."""
+    normalise = get_normaliser(normaliser)
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise AsrkitError(f"LM text {path} not found; pass text files (.txt, .gz) or JSONL manifests")
-        is_manifest = path.name.endswith((".jsonl", ".jsonl.gz", ".json"))
+        manifest = is_manifest(path)
         opener: Any = gzip.open if path.suffix == ".gz" else open
         try:
             with opener(path, "rt", encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
-                    if is_manifest:
+                    if manifest:
                         line = _manifest_text(line, f"{path}:{lineno}")
-                    text = _normalize_line(line)
+                    if normaliser == DEFAULT:
+                        text, problem = _normalize_line(line), None
+                    else:
+                        text, problem = normalise(line)
+                    if problem and refused is not None:
+                        refused.lines += 1
+                        refused.first = refused.first or f"{path}:{lineno}: {problem}"
                     if text:
                         yield text
         except (OSError, EOFError, UnicodeDecodeError) as err:
@@ -103,16 +142,23 @@ class BuiltLM:
     sentences: int
     words: int  # running words of training text
     vocabulary: int  # distinct words
+    normaliser: str = DEFAULT  # the text normaliser the training text went through
+    refused: Refused = field(default_factory=Refused)  # lines it refused, left out
 
     def summary(self) -> str:
+        left_out = (f"; left out {self.refused.lines} line(s) the normaliser refused (first: {self.refused.first})"
+                    if self.refused.lines else "")
         return (f"{self.order}-gram LM from {self.sentences} sentences ({self.words} words, vocabulary "
-                f"{self.vocabulary}) -> {self.binary} (+ {self.arpa.name}, {self.unigrams.name}); "
-                f"decode with --lm {self.binary}")
+                f"{self.vocabulary}) normalised by {self.normaliser} -> {self.binary} (+ {self.arpa.name}, "
+                f"{self.unigrams.name}); decode with --lm {self.binary}{left_out}")
 
 
 def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, prune: Sequence[int] = (),
-             memory: str = "20%", discount_fallback: bool = True) -> BuiltLM:
+             memory: str = "20%", discount_fallback: bool = True, normaliser: str | None = None) -> BuiltLM:
     """Train a word n-gram with lmplz on normalised text, write OUT.arpa, OUT.bin and OUT.unigrams.txt.
+
+    `normaliser` names the text normaliser (None: the one recorded beside the manifests among `texts`, else
+    "default"; see `lm_normaliser`).
 
     `prune` are lmplz's --prune counts per order (e.g. 0 1 1: drop singleton 2- and 3-grams).
     `discount_fallback` lets lmplz estimate small or artificial corpora (such as digit strings) whose
@@ -124,15 +170,17 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
                           "per order, e.g. --prune 0,1,1")
     if any(p < 0 for p in prune) or list(prune) != sorted(prune):
         raise AsrkitError(f"--prune {','.join(map(str, prune))}: thresholds must be >= 0 and non-decreasing")
+    normaliser = lm_normaliser(texts, normaliser)
     lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
     stem = lm_stem(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     arpa, binary, unigram_path = Path(f"{stem}.arpa"), Path(f"{stem}.bin"), Path(f"{stem}.unigrams.txt")
     counts = {"sentences": 0, "words": 0}
     vocab: set[str] = set()
+    refused = Refused()
 
     def corpus() -> Iterator[str]:  # the normalised text, counted as lmplz reads it
-        for sentence in read_lm_text(texts):
+        for sentence in read_lm_text(texts, normaliser, refused):
             tokens = sentence.split()
             vocab.update(tokens)
             counts["sentences"] += 1
@@ -142,7 +190,9 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
     lines = corpus()
     first = next(lines, None)
     if first is None:
-        raise AsrkitError(f"no text in {', '.join(map(str, texts))} after normalisation; nothing to train on")
+        raise AsrkitError(f"no text in {', '.join(map(str, texts))} after normalisation ({normaliser})"
+                          f"{f'; {refused.lines} line(s) refused, first {refused.first}' if refused.lines else ''}"
+                          "; nothing to train on")
     with tempfile.TemporaryDirectory(prefix="asrkit-lm-", dir=stem.parent) as work, atomic_path(arpa) as arpa_tmp:
         cmd = [str(lmplz), "-o", str(order), "-S", memory, "-T", work, "--arpa", str(arpa_tmp)]
         if prune:
@@ -153,7 +203,8 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
     with atomic_path(binary) as binary_tmp:
         _run([str(build_binary), "-s", str(arpa), str(binary_tmp)], "build_binary")
     unigram_path.write_text("".join(w + "\n" for w in sorted(vocab)), encoding="utf-8")
-    return BuiltLM(arpa, binary, unigram_path, order, counts["sentences"], counts["words"], len(vocab))
+    return BuiltLM(arpa, binary, unigram_path, order, counts["sentences"], counts["words"], len(vocab), normaliser,
+                   refused)
 
 
 def _run(cmd: list[str], name: str) -> None:

@@ -5,7 +5,7 @@ Streaming gives the same transcript as whole-utterance decoding of the same mode
 - `StreamingFeaturizer` computes every log-mel frame once its whole window has arrived, with the same centre
   (reflect) padding as `Featurizer`, and normalises with the training-set mean/std stored in the checkpoint;
 - `StreamingResampler` resamples PCM at another rate block by block, equal to resampling the whole recording;
-- the model's stream (`Transducer.start_stream`) carries the LSTM states and the frames its stacking layers have
+- the model's stream (`ASRModel.start_stream`) carries the LSTM states and the frames its stacking layers have
   not used yet, and searches frame by frame, as whole-utterance decoding does.
 
 Latency: a frame waits for half an FFT window (16 ms at 16 kHz) beyond its centre, and an encoder frame for all of
@@ -29,10 +29,11 @@ import torch
 
 from asrkit.checkpoint import Loaded, load_checkpoint, pick_device
 from asrkit.data.audio import load_audio
-from asrkit.data.features import LOG_FLOOR, Featurizer
+from asrkit.data.features import Featurizer
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.progress import say
 from asrkit.records import Failure, Hypothesis
+from asrkit.search import SearchOptions
 
 MIN_CHUNK_MS, MAX_CHUNK_MS = 10, 10_000
 
@@ -49,8 +50,7 @@ class StreamingFeaturizer:
         if featurizer.cfg.normalize and (featurizer.mean is None or featurizer.std is None):
             raise ValueError("the featurizer has no normalisation statistics")
         self.featurizer = featurizer
-        spec = featurizer.mel.spectrogram
-        self.n_fft, self.hop, self.half = spec.n_fft, spec.hop_length, spec.n_fft // 2
+        self.n_fft, self.hop, self.half = featurizer.n_fft, featurizer.hop_length, featurizer.n_fft // 2
         self.head: torch.Tensor | None = torch.zeros(0)  # samples before the left reflection can be built
         self.buffer = torch.zeros(0)  # padded signal from the start of the next frame on
         self.tail = torch.zeros(0)  # the last half + 1 samples, for the right reflection
@@ -86,23 +86,7 @@ class StreamingFeaturizer:
         n = 1 + (len(self.buffer) - self.n_fft) // self.hop
         segment = self.buffer[: (n - 1) * self.hop + self.n_fft]
         self.buffer = self.buffer[n * self.hop :]
-        return self._normalise(self._log_mel(segment))
-
-    def _log_mel(self, segment: torch.Tensor) -> torch.Tensor:
-        import torchaudio.functional as taf
-
-        spec = self.featurizer.mel.spectrogram
-        with torch.no_grad():
-            power = taf.spectrogram(segment, pad=0, window=spec.window, n_fft=spec.n_fft, hop_length=spec.hop_length,
-                                    win_length=spec.win_length, power=spec.power, normalized=spec.normalized,
-                                    center=False)
-            return torch.log(self.featurizer.mel.mel_scale(power) + LOG_FLOOR).transpose(0, 1)  # (t, F)
-
-    def _normalise(self, feats: torch.Tensor) -> torch.Tensor:
-        f = self.featurizer
-        if f.cfg.normalize and f.mean is not None and f.std is not None:  # __init__ checked they exist
-            feats = (feats - f.mean) / f.std
-        return feats
+        return self.featurizer.normalise(self.featurizer.core(segment))  # the Featurizer's log-mel core: (t, F)
 
     def _empty(self) -> torch.Tensor:
         return torch.zeros(0, self.featurizer.cfg.n_mels)
@@ -181,14 +165,16 @@ class StreamResult:
 class Streamer:
     """Transcribe one utterance chunk by chunk with a loaded model: `accept(samples)` per chunk, then `finish()`."""
 
-    def __init__(self, loaded: Loaded) -> None:
-        start = getattr(loaded.model, "start_stream", None)
-        if start is None:
+    def __init__(self, loaded: Loaded, search: SearchOptions | None = None) -> None:
+        """`search`: default the checkpoint's [decode]."""
+        if not loaded.model.streaming:
             raise AsrkitError(f"{loaded.path}: a {loaded.config.model.family} model cannot stream; train a "
-                              "transducer (model.family = \"transducer\", transducer.bidirectional = false)")
+                              "transducer with its own unidirectional encoder (model.family = \"transducer\", "
+                              "transducer.bidirectional = false, encoder.kind = \"\")")
         self.loaded = loaded
+        search = loaded.config.decode.search_options() if search is None else search
         try:
-            self.stream = start()
+            self.stream = loaded.model.start_stream(search)
             self.features = StreamingFeaturizer(loaded.featurizer)
         except ValueError as err:
             raise AsrkitError(f"{loaded.path}: {err}") from None
@@ -266,16 +252,18 @@ def _read_exactly(stream: BinaryIO, nbytes: int) -> bytes:
 
 def stream_transcribe(model: str | Path | Loaded, source: str | Path | BinaryIO, *, chunk_ms: float = 320,
                       pcm_rate: int = 16000, device: str = "cpu",
-                      on_partial: Callable[[Partial], None] | None = None) -> StreamResult:
+                      on_partial: Callable[[Partial], None] | None = None,
+                      search: SearchOptions | None = None) -> StreamResult:
     """Transcribe `source` (an audio file, '-' for raw 16-bit PCM on standard input at `pcm_rate`, or a binary
     stream of it) as a stream of `chunk_ms` chunks; `on_partial` sees the transcript after every chunk.
-    Returns the final n-best list and the compute latency of every chunk."""
+    Returns the final n-best list and the compute latency of every chunk. `search`: default the checkpoint's
+    [decode]."""
     if not MIN_CHUNK_MS <= chunk_ms <= MAX_CHUNK_MS:
         raise AsrkitError(f"--chunk-ms {chunk_ms} must be between {MIN_CHUNK_MS} and {MAX_CHUNK_MS} (try 320)")
     if pcm_rate < 1000:
         raise AsrkitError(f"--pcm-rate {pcm_rate} Hz is not a sample rate; give the rate of the raw PCM, e.g. 16000")
     loaded = model if isinstance(model, Loaded) else load_checkpoint(model, pick_device(device))
-    streamer = Streamer(loaded)
+    streamer = Streamer(loaded, search)
     latencies = []
     for chunk in audio_chunks(source, chunk_ms, loaded.featurizer.cfg.sample_rate, pcm_rate):
         partial = streamer.accept(chunk)

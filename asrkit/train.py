@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +39,16 @@ from asrkit.config import Config
 from asrkit.data.device_features import DeviceFeaturizer
 from asrkit.data.features import Featurizer
 from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
-from asrkit.data.manifest import read_manifest
 from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
 from asrkit.distributed import Group, restore_rng, rng_state
 from asrkit.errors import AsrkitError
+from asrkit.evaluate import score
+from asrkit.inference import decode_utterances
 from asrkit.io import atomic_path
 from asrkit.models import ASRModel, build_model
 from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.schedule import learning_rate
-from asrkit.transcribe import decode_utterances, score
 
 
 @dataclass
@@ -64,16 +64,21 @@ class FitResult:
     main: bool = True  # False on DDP ranks other than 0: they print nothing
 
 
-def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool = False,
+def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str | Path, *, resume: bool = False,
         progress: bool = True) -> FitResult:
-    """Train on data_dir/train.jsonl (dev WER on data_dir/dev.jsonl when present) into exp_dir."""
-    data_dir, exp_dir = Path(data_dir), Path(exp_dir)
+    """Train on data_dir/train.jsonl (dev WER on data_dir/dev.jsonl when present) into exp_dir. Several data
+    folders: on the union of their train.jsonl, dev WER on the union of their dev.jsonl (and per folder)."""
+    folders = [Path(data_dir)] if isinstance(data_dir, str | Path) else [Path(d) for d in data_dir]
+    exp_dir = Path(exp_dir)
     experiment.check_train_config(cfg)
-    train_utts, too_long = experiment.drop_too_long(read_manifest(data_dir / "train.jsonl"), cfg.train.max_duration,
-                                          data_dir / "train.jsonl")
-    dev_utts = read_manifest(data_dir / "dev.jsonl") if (data_dir / "dev.jsonl").is_file() else []
+    cfg = experiment.with_normaliser(cfg, folders)  # the data's text normaliser, for the checkpoint
+    data = experiment.load_data(folders)
+    train_utts, too_long = experiment.drop_too_long(data.train, cfg.train.max_duration, data.manifests("train"))
+    dev_utts = data.dev
     group = Group.start(cfg.train.device)
     _set_cpu_threads(group.device, cfg.train.num_workers, group.world)
+    for note in data.notes if group.main else []:
+        say(note)
     if too_long and group.main:
         say(f"skipping {len(too_long)} training utterance(s) longer than train.max_duration = "
             f"{cfg.train.max_duration:g} s ({', '.join(list(too_long)[:3])}{' ...' if len(too_long) > 3 else ''}); "
@@ -85,14 +90,16 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
         if resume:
             loaded = load_checkpoint(experiment.last_checkpoint(exp_dir, group.rank), group.device)
             cfg = experiment.resumed_config(loaded.config, cfg)
+            experiment.check_resumed_data(loaded.state, data)
             tokenizer, featurizer, model, state = loaded.tokenizer, loaded.featurizer, loaded.model, loaded.state
         else:
-            tok, stats, skipped = group.from_main(lambda: experiment.fit_data(cfg, train_utts, data_dir, progress))
+            tok, stats, skipped = group.from_main(lambda: experiment.fit_data(cfg, train_utts, progress))
             tokenizer, featurizer = tokenizer_from_dict(tok), Featurizer(cfg.features, *stats)
             model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(group.device)
             state = {"skipped": {**too_long, **skipped}}
+        state["data"] = data.sources  # the checkpoints record it: --resume must train on the same folders
         if group.main:
-            experiment.check_dev_text(tokenizer, dev_utts, data_dir)
+            experiment.check_dev_text(tokenizer, data)
         optimizer = _make_optimizer(cfg, model)
         if "optimizer" in state:
             _load_optimizer(optimizer, state["optimizer"])
@@ -101,7 +108,8 @@ def fit(cfg: Config, data_dir: str | Path, exp_dir: str | Path, *, resume: bool 
             torch.manual_seed(cfg.train.seed + group.rank)  # the same weights everywhere, different dropout masks
         if group.main:
             (exp_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        loop = _Loop(cfg, model, optimizer, tokenizer, featurizer, train_utts, dev_utts, exp_dir, group, state)
+        loop = _Loop(cfg, model, optimizer, tokenizer, featurizer, train_utts, dev_utts, exp_dir, group, state,
+                     dev_corpus=data.dev_corpus if len(data.corpora) > 1 else {})
         try:
             return loop.run(progress and group.main)
         finally:
@@ -115,8 +123,10 @@ class _Loop:
 
     def __init__(self, cfg: Config, model: ASRModel, optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
                  featurizer: Featurizer, train_utts: list[Utterance], dev_utts: list[Utterance], exp_dir: Path,
-                 group: Group, state: dict[str, Any]) -> None:
+                 group: Group, state: dict[str, Any], dev_corpus: dict[str, str] | None = None) -> None:
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
+        self.dev_corpus = dev_corpus or {}  # dev utterance id -> corpus name, for dev WER per corpus
+        self.data = state.get("data")  # the data folders, kept in the checkpoints for --resume
         self.tokenizer, self.featurizer = tokenizer, featurizer
         self.dev_utts, self.exp_dir, self.group, self.device = dev_utts, exp_dir, group, group.device
         self.say = say if group.main else _quiet
@@ -346,7 +356,9 @@ class _Loop:
             if self.cfg.train.keep_epochs:
                 self._keep_epoch()
             experiment.write_lines(self.exp_dir / "history.jsonl", [json.dumps(h) for h in self.history])
-        dev = f" dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}" if "dev_wer" in record else ""
+        by_corpus = ", ".join(f"{name} {wer:.2%}" for name, wer in record.get("dev_wer_by_corpus", {}).items())
+        by_corpus = f" ({by_corpus})" if by_corpus else ""  # several corpora: " (an4 10.10%, fsdd 20.00%)"
+        dev = f" dev WER {record['dev_wer']:.2%}{by_corpus} CER {record['dev_cer']:.2%}" if "dev_wer" in record else ""
         self.say(f"epoch {record['epoch']} step {self.step}{dev}{' (best)' if improved else ''}")
         if self.stopped_early:
             self.say(f"no new best dev WER for {self.cfg.train.patience} epoch(s) (train.patience): stopping; "
@@ -366,12 +378,22 @@ class _Loop:
         for _, old in epoch_checkpoints(self.exp_dir)[: -self.cfg.train.keep_epochs]:
             old.unlink(missing_ok=True)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
+        """dev_wer / dev_cer over the whole dev set; with several corpora also dev_wer_by_corpus and
+        dev_cer_by_corpus ({corpus name: rate})."""
         self.model.eval()
         loaded = Loaded(self.cfg, self.tokenizer, self.featurizer, self.model, {}, self.exp_dir)
-        result = score(list(decode_utterances(loaded, self.dev_utts, batch_size=self.cfg.decode.batch_size)))
+        pairs = list(decode_utterances(loaded, self.dev_utts, search=self.cfg.decode.search_options(),
+                                       batch_size=self.cfg.decode.batch_size, workers=1))
+        result = score(pairs)
         self.model.train()
-        return {"dev_wer": result.wer, "dev_cer": result.cer}
+        record: dict[str, Any] = {"dev_wer": result.wer, "dev_cer": result.cer}
+        if self.dev_corpus:
+            names = list(dict.fromkeys(self.dev_corpus[u.id] for u, _ in pairs))
+            per = {name: score([(u, h) for u, h in pairs if self.dev_corpus[u.id] == name]) for name in names}
+            record["dev_wer_by_corpus"] = {name: r.wer for name, r in per.items()}
+            record["dev_cer_by_corpus"] = {name: r.cer for name, r in per.items()}
+        return record
 
     def _save(self, name: str, collective: bool = True) -> None:
         """Rank 0 writes; `collective` (every rank calls it): with the RNG states and BatchNorm statistics of all
@@ -387,6 +409,7 @@ class _Loop:
             "best_wer": self.best_wer, "history": self.history, "optimizer": self.optimizer.state_dict(),
             "rng_torch": rng["torch"], "rng_python": rng["python"], "rng_cuda": rng["cuda"], "rng_ranks": ranks,
             "skipped": self.skipped, "nonfinite": self.nonfinite, "world_size": self.group.world,
+            "data": self.data,
         }
         save_checkpoint(self.exp_dir / name, config=self.cfg, tokenizer=self.tokenizer,
                         featurizer=self.featurizer, model=self.model, train_state=state)

@@ -2,7 +2,8 @@
 
 The acoustic model runs once (batched); its emissions are kept in memory and decoded again for every
 (alpha, beta), by a pool of processes that load the LM once. The best setting is written to a small JSON
-file (by default `tune.json` beside the checkpoint) that `asrkit transcribe` and `asrkit evaluate` read.
+file (by default `tune.json` beside the checkpoint) that `asrkit transcribe` and `asrkit evaluate` read: its
+"decode" holds [decode] values (asrkit.search.SearchOptions), over the checkpoint's own.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import numpy as np
 
 from asrkit.checkpoint import load_checkpoint, pick_device, resolve_checkpoint
 from asrkit.data.manifest import read_manifest
-from asrkit.decoding import DecoderPool, LMDecodeOptions
+from asrkit.decoding import DecoderPool
 from asrkit.errors import AsrkitError
+from asrkit.inference import DECODE_PARAMS_NAME, compute_emissions, decode_workers
 from asrkit.io import atomic_write
 from asrkit.lm import resolve_lm
 from asrkit.metrics import ErrorRate
 from asrkit.progress import Progress
 from asrkit.records import Failure
-from asrkit.transcribe import DECODE_PARAMS_NAME, compute_emissions, decode_workers
+from asrkit.search import CTC_BEAM, SearchOptions, reads
 
 METHODS = ("grid", "random")
 
@@ -45,7 +47,7 @@ class TuneResult:
     greedy_wer: float
     greedy_cer: float
     trials: list[Trial]
-    options: LMDecodeOptions  # the settings written to `path`
+    options: SearchOptions  # the settings written to `path`
     path: Path
     failures: list[Failure] = field(default_factory=list)  # dev utterances left out (unreadable audio)
     utterances: int = 0  # dev utterances tuned on
@@ -106,7 +108,7 @@ def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, float]
 
 
 def tune_weights(log_probs: Sequence[np.ndarray], refs: Sequence[str], vocab: Sequence[str],
-                 options: LMDecodeOptions, settings: Sequence[tuple[float, float]], *, frame_shift: float = 0.02,
+                 options: SearchOptions, settings: Sequence[tuple[float, float]], *, frame_shift: float = 0.02,
                  workers: int = 1, progress: bool = False) -> list[Trial]:
     """Decode the same emissions with every (alpha, beta); the trials in the order given."""
     trials = []
@@ -123,16 +125,24 @@ def tune_weights(log_probs: Sequence[np.ndarray], refs: Sequence[str], vocab: Se
 def tune(model: str | Path, manifest: str | Path, lm: str | Path, *, out: str | Path | None = None,
          method: str = "grid", alpha_range: tuple[float, float] = (0.0, 2.0),
          beta_range: tuple[float, float] = (-1.0, 3.0), steps: int = 9, trials: int = 40, seed: int = 0,
-         base: LMDecodeOptions | None = None, device: str = "auto", batch_size: int = 16, workers: int = 0,
-         progress: bool = True) -> TuneResult:
+         base: SearchOptions | None = None, beam_size: int | None = None, backend: str | None = None,
+         device: str = "auto", batch_size: int = 16, workers: int = 0, progress: bool = True) -> TuneResult:
     """Search alpha and beta on a dev manifest (the model runs once), write the best to `out` (default: tune.json
-    beside the checkpoint) and return every trial with the greedy baseline."""
+    beside the checkpoint) and return every trial with the greedy baseline. `base`: the other settings (default:
+    the checkpoint's [decode]), `beam_size` (default: base's, else 32) and `backend` over it; the file holds them
+    all: the [decode] values that transcribe and evaluate then use."""
     settings = search_space(method, alpha_range, beta_range, steps=steps, trials=trials, seed=seed)
     lm_path = resolve_lm(lm)
-    options = replace(base or LMDecodeOptions(), lm=str(lm_path), nbest=1)
     checkpoint = resolve_checkpoint(model)
     out = Path(out) if out is not None else checkpoint.parent / DECODE_PARAMS_NAME
     loaded = load_checkpoint(checkpoint, pick_device(device))
+    if not reads(loaded.model.objective, "alpha"):
+        raise AsrkitError(f"{checkpoint}: tune searches the LM weights of CTC beam search, but a "
+                          f"{loaded.config.model.family} model decodes with its own search; tune a CTC model "
+                          "(deepspeech2), or set this one's [decode] settings (--set decode.KEY=VALUE)")
+    base = base or loaded.config.decode.search_options()
+    options = replace(base, lm=str(lm_path), nbest=1, beam_size=beam_size or base.beam_size or CTC_BEAM,
+                      backend=backend or base.backend)
     utts = read_manifest(manifest)
     failures: list[Failure] = []
     rows = list(compute_emissions(loaded, utts, batch_size=batch_size, failures=failures))
@@ -152,7 +162,7 @@ def tune(model: str | Path, manifest: str | Path, lm: str | Path, *, out: str | 
     return TuneResult(best, greedy_wer, greedy_cer, done, chosen, out, failures, len(rows))
 
 
-def write_decode_params(path: str | Path, options: LMDecodeOptions, *, best: Trial | None = None,
+def write_decode_params(path: str | Path, options: SearchOptions, *, best: Trial | None = None,
                         greedy: tuple[float, float] | None = None, trials: Sequence[Trial] = (),
                         meta: dict[str, Any] | None = None) -> Path:
     """The file `transcribe --decode-params` reads: {"decode": settings, ...}; the LM path is stored relative

@@ -150,7 +150,7 @@ def synthetic_data(utts: int, order: int, workdir: Path, seed: int = 0, uncertai
 def model_data(model: str, manifest: str, lm: str, utts: int) -> Data:
     from asrkit.checkpoint import load_checkpoint
     from asrkit.data.manifest import read_manifest
-    from asrkit.transcribe import compute_emissions
+    from asrkit.inference import compute_emissions
 
     loaded = load_checkpoint(model, "cpu")
     chosen = read_manifest(manifest)[:utts]
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lm_mb = Path(data.lm).stat().st_size / 2**20
         print(f"# {source}: {len(data.log_probs)} utterances, {data.seconds:.0f} s of audio, "
               f"{sum(lp.shape[0] for lp in data.log_probs)} frames; LM {data.lm} ({lm_mb:.1f} MiB)")
-        default = LMDecodeOptions(lm=data.lm, alpha=args.alpha, beta=args.beta)
+        default = LMDecodeOptions(lm=data.lm, alpha=args.alpha, beta=args.beta, beam_size=32)
         rows = [measure("greedy", lambda: greedy(data), data),
                 measure(f"asrkit default ({default.backend}, beam {default.beam_size})",
                         lambda: asrkit_decoder(data, default), data)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +37,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N utterances (0: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: per-frame steps are tiny)")
     parser.add_argument("--decoding", choices=["config", "greedy", "beam"], default="config",
-                        help="override the checkpoint's transducer.decoding")
-    parser.add_argument("--beam-size", type=int, default=0, help="override transducer.beam_size (0: keep)")
-    parser.add_argument("--max-symbols", type=int, default=0, help="override transducer.max_symbols (0: keep)")
+                        help="override the checkpoint's [decode] search (greedy: beam 1; beam: --beam-size or 4)")
+    parser.add_argument("--beam-size", type=int, default=0, help="override decode.beam_size (0: keep)")
+    parser.add_argument("--max-symbols", type=int, default=0, help="override decode.max_symbols (0: keep)")
     args = parser.parse_args()
 
     import torch
@@ -46,18 +47,21 @@ def main() -> None:
     from asrkit.checkpoint import load_checkpoint
     from asrkit.data.audio import load_audio
     from asrkit.data.manifest import read_manifest
+    from asrkit.evaluate import score
+    from asrkit.inference import decode_utterances
     from asrkit.stream import Streamer
-    from asrkit.transcribe import decode_utterances, score
 
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.model, "cpu")
     model = loaded.model
+    search = loaded.config.decode.search_options()
     if args.decoding != "config":
-        model.decoding = args.decoding  # type: ignore[assignment]
-    if args.beam_size:
-        model.beam_size = args.beam_size  # type: ignore[assignment]
+        search = replace(search, beam_size=1 if args.decoding == "greedy" else args.beam_size or 4, nbest=1)
+    elif args.beam_size:
+        search = replace(search, beam_size=args.beam_size)
     if args.max_symbols:
-        model.max_symbols = args.max_symbols  # type: ignore[assignment]
+        search = replace(search, max_symbols=args.max_symbols)
+    search = model.resolve_search(search)
     utts = read_manifest(args.manifest)
     if args.limit:
         utts = utts[: args.limit]
@@ -66,12 +70,12 @@ def main() -> None:
     audio_s = sum(len(w) for w in waves) / rate
 
     started = time.perf_counter()
-    whole = list(decode_utterances(loaded, utts, batch_size=16))
+    whole = list(decode_utterances(loaded, utts, search=search, batch_size=16))
     whole_s = time.perf_counter() - started
     whole_result = score(whole)
-    print(f"model {loaded.path} ({loaded.config.model.family}, decoding {getattr(model, 'decoding', '?')} "
-          f"beam {getattr(model, 'beam_size', '?')} max_symbols {getattr(model, 'max_symbols', '?')}, "
-          f"encoder frame {getattr(model, 'time_reduction', 1) * loaded.featurizer.frame_shift * 1000:.0f} ms); "
+    print(f"model {loaded.path} ({loaded.config.model.family}, beam {search.beam_size} (1: greedy) "
+          f"max_symbols {search.max_symbols}, "
+          f"encoder frame {model.time_reduction * loaded.featurizer.frame_shift * 1000:.0f} ms); "
           f"{len(utts)} utterances, {audio_s / 60:.1f} min; torch threads {torch.get_num_threads()}")
     print(f"whole-utterance: WER {whole_result.wer:.2%} CER {whole_result.cer:.2%}  "
           f"(batched, real-time factor {whole_s / audio_s:.3f})")
@@ -82,7 +86,7 @@ def main() -> None:
         step = round(rate * chunk_ms / 1000)
         latencies, finals, pairs, differ, compute = [], [], [], 0, 0.0
         for utt, wave, (_, hyp_whole) in zip(utts, waves, whole, strict=True):
-            streamer = Streamer(loaded)
+            streamer = Streamer(loaded, search)
             for start in range(0, len(wave), step):
                 latencies.append(streamer.accept(wave[start : start + step]).latency_s)
             hyps, final = streamer.finish()

@@ -18,10 +18,25 @@ subtraction). With --manifest, set --seconds and --batch to its typical utteranc
 the bare step sees the same batch shape. --json FILE appends the figures as one JSON line (bench/gpu_throughput.sh
 gathers them into one table).
 
+3. --matrix (or --combos): every encoder x objective at its AN4 CPU recipe size, bare steps on synthetic CPU
+   batches (16 utterances x 3 s, 80 mels, 40-character targets; 17 pieces for the unigram LAS confs):
+   ds2-ctc, las-attention, rnnt-transducer (recipes/an4/conf/{ds2,las,rnnt}_cpu.toml, their own encoders) and
+   the Conformer of conformer_ctc_cpu.toml under each objective: conformer-ctc, conformer-transducer
+   (rnnt_cpu.toml's predictor and joiner), conformer-attention (las_cpu.toml's speller, ctc_weight 0.3).
+   Per combination: parameters; fp32 audio seconds per second of forward + backward + clip + AdamW; the FLOPs
+   of one step (torch.utils.flop_counter.FlopCounterMode: matmuls, convolutions, attention, with formulas added
+   for the CPU's flash attention and oneDNN LSTM kernels) and the FLOP/s they run at, against the fp32 peak
+   of a 2048 x 2048 matmul on the same threads; bf16 autocast against fp32 on a small batch (bf16 matmuls
+   have no fast path on a CPU without AVX-512 BF16 / AMX: the default size of that matmul is 512). Threads:
+   all cores unless --threads. A few minutes on 2 cores, more when other processes share them (threads past the
+   free cores spin: --threads 1 beside a training job on 2 cores took 72 s with --steps 1, the defaults 390 s).
+
     python bench/train_throughput.py                      # small model, 4 x 2 s batches: runs on a laptop CPU
     python bench/train_throughput.py --preset ds2         # DS2: 2 conv + 5 biGRU(768), bf16, 64 x 15 s, GPU
     python bench/train_throughput.py --preset ds2 --batch 256 --modes device
     python bench/train_throughput.py --manifest data/train.jsonl --preset ds2 --steps 50
+    python bench/train_throughput.py --matrix                               # every encoder x objective, CPU
+    python bench/train_throughput.py --combos conformer-ctc,ds2-ctc --threads 1 --steps 1
 """
 
 from __future__ import annotations
@@ -160,6 +175,230 @@ def end_to_end(overrides: dict[str, Any], data: Path, exp: Path, warmup: int, st
     return (a1 - a0) / (t1 - t0)
 
 
+# --matrix: every encoder x objective at its recipe size ---------------------------------------------------------
+
+CONF = ROOT / "recipes" / "an4" / "conf"
+# name: (encoder, objective, recipe conf, overrides on top of it). "conformer" takes the [encoder] section of
+# conformer_ctc_cpu.toml (preset cpu: 8 blocks x 144, kernel 15, 32 subsampling channels) under the objective.
+COMBOS: dict[str, tuple[str, str, str, dict[str, dict[str, Any]]]] = {
+    "ds2-ctc": ("ds2 conv+biGRU", "ctc", "ds2_cpu.toml", {}),
+    "las-attention": ("pyramid biLSTM", "attention+ctc", "las_cpu.toml", {}),
+    "rnnt-transducer": ("biLSTM", "transducer", "rnnt_cpu.toml", {}),
+    "conformer-ctc": ("conformer", "ctc", "conformer_ctc_cpu.toml", {}),
+    "conformer-transducer": ("conformer", "transducer", "rnnt_cpu.toml", {"encoder": {}}),
+    "conformer-attention": ("conformer", "attention+ctc", "las_cpu.toml",
+                            {"encoder": {}, "las": {"ctc_weight": 0.3}}),
+}
+CHARS_PER_PIECE = 2.3  # AN4 training text under las_cpu.toml's 64-piece unigram tokenizer (measured)
+
+
+def combo_config(name: str) -> Any:
+    """The Config of a combination: its recipe conf with the combination's overrides (an empty [encoder] = the
+    Conformer of conformer_ctc_cpu.toml). Keys the config no longer has (search settings moved elsewhere) are
+    dropped: a training step does not read them."""
+    import dataclasses
+    import tomllib
+
+    from asrkit.config import Config, build_config
+
+    data = tomllib.loads((CONF / COMBOS[name][2]).read_text())
+    for section, values in COMBOS[name][3].items():
+        if section == "encoder" and not values:
+            values = tomllib.loads((CONF / "conformer_ctc_cpu.toml").read_text())["encoder"]
+        data[section] = {**data.get(section, {}), **values}
+    defaults = Config()
+    known = {s: {f.name for f in dataclasses.fields(getattr(defaults, s))} for s in data if hasattr(defaults, s)}
+    return build_config({s: {k: v for k, v in values.items() if k in known[s]} for s, values in data.items()
+                         if s in known})
+
+
+def flop_counter() -> Any:
+    """FlopCounterMode that also counts the CPU kernels it has no formula for: flash attention on the CPU (SDPA's
+    CPU path) and oneDNN's LSTM layers (an unpacked nn.LSTM on the CPU), as matmul FLOPs: 2 per multiply-add."""
+    import math
+
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def rnn_layer(x: Any, w_ih: Any, w_hh: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return 2 * math.prod(x[:-1]) * (math.prod(w_ih) + math.prod(w_hh))  # every step: x W_ih^T + h W_hh^T
+
+    def rnn_layer_backward(x: Any, w_ih: Any, w_hh: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return 2 * rnn_layer(x, w_ih, w_hh)  # gradients of the inputs and of the weights
+
+    def attention(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return fc.sdpa_flop_count(q, k, v)
+
+    def attention_backward(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None,
+                           **kwargs: Any) -> int:
+        return fc.sdpa_backward_flop_count(grad, q, k, v)
+
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward,
+        aten.mkldnn_rnn_layer: rnn_layer,
+        aten.mkldnn_rnn_layer_backward: rnn_layer_backward,
+    })
+
+
+def matmul_rate(dtype: Any, n: int, min_seconds: float) -> tuple[float, float]:
+    """(GFLOP/s, seconds per product) of an n x n @ n x n matmul in `dtype`, repeated for at least min_seconds
+    after one untimed product; a first product that takes min_seconds or more is the measurement (bf16 on a CPU
+    without bf16 instructions: tens of seconds at 2048)."""
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    start = time.perf_counter()
+    a @ b
+    first = time.perf_counter() - start
+    if first >= min_seconds:
+        return 2 * n**3 / first / 1e9, first
+    reps = max(1, int(min_seconds / max(first, 1e-6)))
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    seconds = (time.perf_counter() - start) / reps
+    return 2 * n**3 / seconds / 1e9, seconds
+
+
+def synthetic_batch(batch: int, seconds: float, cfg: Any, tokens: int, vocab: int) -> Any:
+    import torch
+
+    from asrkit.records import Batch
+
+    frames = int(seconds * 1000 / cfg.features.hop_ms)
+    return Batch([str(i) for i in range(batch)], torch.randn(batch, frames, cfg.features.n_mels),
+                 torch.full((batch,), frames), torch.randint(1, vocab, (batch, tokens)),
+                 torch.full((batch,), tokens), [""] * batch)
+
+
+def train_steps(model: Any, optimizer: Any, data: Any, steps: int, bf16: bool, grad_clip: float) -> float:
+    """Seconds for `steps` forward + backward + clip + AdamW steps, fp32 or under bf16 autocast."""
+    from contextlib import nullcontext
+
+    import torch
+
+    start = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = model.loss(data)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def run_combo(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Parameters, fp32 step rate and FLOPs on the full batch; fp32 and bf16-autocast rates on a small one."""
+    import torch
+
+    from asrkit.models import build_model
+
+    cfg = combo_config(name)
+    char = cfg.tokenizer.kind == "char"
+    vocab = 28 if char else cfg.tokenizer.vocab_size + 1  # AN4: blank + a-z + space; pieces + blank
+    tokens = args.chars if char else round(args.chars / CHARS_PER_PIECE)
+    torch.manual_seed(0)
+    model = build_model(cfg, cfg.features.n_mels, vocab).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    frames = int(args.seconds * 1000 / cfg.features.hop_ms) // model.time_reduction
+    if tokens + 2 > frames:  # CTC needs a frame per token (and one between repeats)
+        sys.exit(f"{name}: {tokens}-token targets need more than the {frames} frames that {args.seconds:g} s give "
+                 f"after its {model.time_reduction}x time reduction: ask for fewer --chars or more --seconds")
+    data = synthetic_batch(args.batch, args.seconds, cfg, tokens, vocab)
+    with flop_counter() as counter:  # the untimed first step: warms up as well
+        train_steps(model, optimizer, data, 1, False, cfg.train.grad_clip)
+    fp32 = train_steps(model, optimizer, data, args.steps, False, cfg.train.grad_clip) / args.steps
+    small = synthetic_batch(args.bf16_batch, args.seconds, cfg, tokens, vocab)
+    rates: dict[bool, float | None] = {}
+    error = ""
+    for bf16 in (False, True):
+        try:
+            train_steps(model, optimizer, small, 1, bf16, cfg.train.grad_clip)  # warm-up in this precision, shape
+            rates[bf16] = args.bf16_batch * args.seconds * args.bf16_steps / train_steps(
+                model, optimizer, small, args.bf16_steps, bf16, cfg.train.grad_clip)
+        except RuntimeError as err:  # oneDNN has no bf16 LSTM primitive without AVX-512 BF16 / AMX
+            if not bf16:
+                raise
+            rates[bf16], error = None, str(err).splitlines()[0]
+    flops = counter.get_total_flops()
+    return {"combo": name, "encoder": COMBOS[name][0], "objective": COMBOS[name][1], "vocab": vocab,
+            "tokens": tokens, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "step_s": fp32, "audio_s_per_s": args.batch * args.seconds / fp32, "gflop_per_step": flops / 1e9,
+            "gflop_per_s": flops / fp32 / 1e9, "small_fp32": rates[False], "small_bf16": rates[True],
+            "bf16_error": error}
+
+
+def matrix(args: argparse.Namespace) -> None:
+    import os
+
+    import torch
+
+    names = list(COMBOS) if args.combos in (None, "all") else [c.strip() for c in args.combos.split(",") if c.strip()]
+    unknown = [n for n in names if n not in COMBOS]
+    if unknown or not names:
+        sys.exit(f"--combos {args.combos!r}: a comma-separated list of {', '.join(COMBOS)} (or all)")
+    args.steps = args.steps or 3
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(args.threads or cores)
+    load = os.getloadavg()[0]  # other processes on these cores: OpenMP threads that outnumber the free cores spin
+    began = time.perf_counter()
+    peak32, _ = matmul_rate(torch.float32, args.peak_size, 1.0)
+    peak16, seconds16 = matmul_rate(torch.bfloat16, args.bf16_peak_size, 1.0)
+    same32, _ = matmul_rate(torch.float32, args.bf16_peak_size, 1.0)
+    rows = []
+    for name in names:
+        rows.append(run_combo(name, args))
+        gc.collect()
+    print(f"# CPU: {cpu_model()}, {cores} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__} "
+          f"({torch.backends.cpu.get_cpu_capability()} kernels); {time.perf_counter() - began:.0f} s in all; "
+          f"load average {load:.1f} before it{' (busy cores: lower figures)' if load > 0.5 else ''}")
+    print(f"# matmul peak: fp32 {args.peak_size}^2 {peak32:.1f} GFLOP/s (the % peak below); {args.bf16_peak_size}^2: "
+          f"bf16 {peak16:.2f} GFLOP/s ({seconds16:.2f} s a product), fp32 {same32:.1f} GFLOP/s: bf16 "
+          f"{same32 / peak16:.0f}x slower")
+    print(f"# fp32 step: batches of {args.batch} x {args.seconds:g} s, {args.chars} characters a target "
+          f"({args.chars / CHARS_PER_PIECE:.0f} unigram pieces), AdamW; FLOPs of one step as "
+          f"FlopCounterMode counts them (matmul, conv, attention), mean of {args.steps} timed steps after it")
+    print(f"# bf16: torch.autocast(cpu, bfloat16) against fp32 on batches of {args.bf16_batch} x {args.seconds:g} s, "
+          f"{args.bf16_steps} timed step(s) after one")
+    head = (f"{'combination':22}{'encoder':17}{'objective':15}{'params':>8}{'audio s/s':>11}{'s/step':>8}"
+            f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'% peak':>8}{'fp32 B=' + str(args.bf16_batch):>11}"
+            f"{'bf16 B=' + str(args.bf16_batch):>11}{'bf16/fp32':>10}")
+    print(head)
+    for r in rows:
+        bf16 = (f"{r['small_bf16']:11.2f}{r['small_bf16'] / r['small_fp32']:9.3f}x" if r["small_bf16"] is not None
+                else f"{'fails':>11}{'-':>10}")
+        print(f"{r['combo']:22}{r['encoder']:17}{r['objective']:15}{r['params_m']:7.2f}M{r['audio_s_per_s']:11.1f}"
+              f"{r['step_s']:8.2f}{r['gflop_per_step']:11.1f}{r['gflop_per_s']:9.1f}"
+              f"{100 * r['gflop_per_s'] / peak32:7.0f}%{r['small_fp32']:11.1f}{bf16}")
+    for r in rows:
+        if r["bf16_error"]:
+            print(f"bf16 autocast fails for {r['combo']}: {r['bf16_error']}")
+    if args.json:
+        record = {"mode": "matrix", "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "load_average": round(load, 2),
+                  "peak_size": args.peak_size, "peak_fp32_gflops": round(peak32, 2),
+                  "bf16_peak_size": args.bf16_peak_size, "peak_bf16_gflops": round(peak16, 3),
+                  "peak_fp32_gflops_at_bf16_size": round(same32, 2),
+                  "batch": args.batch, "seconds": args.seconds, "chars": args.chars, "steps": args.steps,
+                  "bf16_batch": args.bf16_batch, "bf16_steps": args.bf16_steps,
+                  "rows": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}
+        with args.json.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -173,10 +412,28 @@ def main() -> None:
     parser.add_argument("--no-bare", action="store_true", help="skip the bare model step")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: the trainer's choice, the cores less one per loader worker)")
+                        help="torch CPU threads (0: the trainer's choice, the cores less one per loader worker; "
+                             "--matrix: all cores)")
     parser.add_argument("--json", type=Path, help="append the figures to this file as one JSON line")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more config: model.rnn_hidden=512")
+    matrix_args = parser.add_argument_group("--matrix: every encoder x objective, bare steps on the CPU")
+    matrix_args.add_argument("--matrix", action="store_true",
+                             help="params, fp32 audio s/s, FLOP/s against the matmul peak, bf16 vs fp32 per "
+                                  "combination (batch 16 x 3 s, 3 steps unless --batch, --seconds, --steps)")
+    matrix_args.add_argument("--combos", help=f"with --matrix (implied): a subset of {','.join(COMBOS)}")
+    matrix_args.add_argument("--chars", type=int, default=40, help="characters a target (default 40)")
+    matrix_args.add_argument("--bf16-batch", type=int, default=1,
+                             help="utterances a batch in the bf16 vs fp32 comparison (default 1)")
+    matrix_args.add_argument("--bf16-steps", type=int, default=1, help="timed steps of that comparison (default 1)")
+    matrix_args.add_argument("--peak-size", type=int, default=2048, help="fp32 matmul of this size (default 2048)")
+    matrix_args.add_argument("--bf16-peak-size", type=int, default=512,
+                             help="bf16 (and fp32) matmul of this size (default 512: without bf16 instructions a "
+                                  "2048 product in bf16 takes ~2 minutes on a Zen 3 core)")
     args = parser.parse_args()
+    if args.matrix or args.combos:
+        args.batch, args.seconds = args.batch or 16, args.seconds or 3.0
+        matrix(args)
+        return
     p = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items() if v is not None and k in PRESETS["small"]}}
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):

@@ -113,8 +113,9 @@ stage_check() {
   cat "$data/summary.txt"
 }
 
-# stage_train N [OPTION...]: asrkit train $conf on $data -> $exp with the --set overrides and OPTIONs, resuming
-# from $exp/last.pt; train seconds appended to $exp/timing.txt; skipped once $exp/.done exists.
+# stage_train N [OPTION...]: asrkit train $conf on $data -> $exp with the --set overrides and OPTIONs (more
+# `--data DIR` among them train on the union of the corpora), resuming from $exp/last.pt (asrkit refuses a
+# resume with other --data folders); train seconds appended to $exp/timing.txt; skipped once $exp/.done exists.
 stage_train() {
   local n=$1 rc=0 start resume=(); shift
   if [ -f "$exp/.done" ]; then log "$n" "skip: $exp/.done exists"; return 0; fi

@@ -17,13 +17,13 @@ from asrkit.data.tokenizer import CharTokenizer
 from asrkit.decoding import (
     CTCBeamDecoder,
     DecoderPool,
-    LMDecodeOptions,
     collapse_blank_frames,
     ctc_beam_search,
     ctc_greedy,
 )
 from asrkit.errors import AsrkitError
 from asrkit.records import Emissions
+from asrkit.search import SearchOptions
 
 CHARS = [" ", "b", "g", "n", "s", "u", "y"]
 TOKENIZER = CharTokenizer(CHARS)
@@ -96,11 +96,11 @@ def arpa(tmp_path: Path) -> Path:
     return path
 
 
-def options(lm: Path | str = "", **kw: object) -> LMDecodeOptions:
-    return replace(LMDecodeOptions(lm=str(lm)), **kw)  # type: ignore[arg-type]
+def options(lm: Path | str = "", **kw: object) -> SearchOptions:
+    return replace(SearchOptions(lm=str(lm)), **kw)  # type: ignore[arg-type]
 
 
-def decode(opts: LMDecodeOptions, log_probs: np.ndarray | None = None) -> list:
+def decode(opts: SearchOptions, log_probs: np.ndarray | None = None) -> list:
     lp = bunny_emissions() if log_probs is None else log_probs
     return CTCBeamDecoder(VOCAB, opts).decode(lp, FRAME_SHIFT)
 
@@ -250,12 +250,13 @@ def test_requests_flashlight_cannot_serve_fall_back_with_a_notice(arpa: Path, ca
 
 
 def test_beam_size_below_one_is_refused() -> None:
-    with pytest.raises(AsrkitError, match="beam size 0 must be at least 1"):
-        LMDecodeOptions(beam_size=0)
+    with pytest.raises(AsrkitError, match="beam size -1 must be at least 1, or 0 for the model's default"):
+        SearchOptions(beam_size=-1)
+    assert CTCBeamDecoder(VOCAB, SearchOptions(beam_size=0, backend="asrkit")).options.beam_size == 32
     with pytest.raises(AsrkitError, match="nbest 5 is larger than the beam size 2"):
-        LMDecodeOptions(beam_size=2, nbest=5)
+        SearchOptions(beam_size=2, nbest=5)
     with pytest.raises(AsrkitError, match="unknown decoding backend 'fast'"):
-        LMDecodeOptions(backend="fast")
+        SearchOptions(backend="fast")
 
 
 def test_missing_lm_names_the_file_and_the_fix(tmp_path: Path) -> None:

@@ -264,7 +264,7 @@ def test_random_bytes_are_not_reported_as_malicious(tmp_path: Path) -> None:
     ([1, 2, 3], "not an asrkit checkpoint"),
     ({"model": {}}, "not an asrkit checkpoint"),
     ({"version": 1}, "not an asrkit checkpoint"),
-    ({"version": VERSION + 1, "model": {}}, "newer than this asrkit"),
+    ({"version": VERSION + 1, "model": {}}, f"checkpoint format {VERSION + 1} was written by a newer asrkit"),
 ])
 def test_not_an_asrkit_checkpoint(tmp_path: Path, payload: object, fragment: str) -> None:
     path = tmp_path / "x.pt"

@@ -15,6 +15,7 @@ from asrkit.errors import AsrkitError
 from asrkit.models import build_model
 from asrkit.models.encoders import ConformerEncoder
 from asrkit.records import Batch
+from asrkit.search import SearchOptions
 
 SMALL = {"kind": "conformer", "d_model": 32, "layers": 2, "heads": 2, "ff_mult": 2, "conv_kernel": 5,
          "subsampling_channels": 8, "dropout": 0.0}
@@ -84,14 +85,15 @@ def test_conformer_drives_every_objective(family: str) -> None:
     assert losses[-1] < losses[0]
     model.eval()
     tok = CharTokenizer([" ", *(chr(ord("a") + i) for i in range(VOCAB - 2))])
-    hyps = model.decode(batch.feats, batch.feat_lens, tok)
-    assert len(hyps) == 3 and all(isinstance(h.text, str) for h in hyps)
+    nbests = model.decode(batch.feats, batch.feat_lens, SearchOptions(), tokenizer=tok)
+    assert len(nbests) == 3 and all(isinstance(h.text, str) for hyps in nbests for h in hyps)
 
 
 def test_conformer_transducer_refuses_to_stream() -> None:
     model = model_of("transducer")
+    assert not model.streaming
     with pytest.raises(ValueError, match="cannot stream"):
-        model.start_stream()
+        model.start_stream(SearchOptions())
 
 
 def test_presets_and_sizes() -> None:
@@ -118,7 +120,7 @@ def test_bad_choices_are_errors_with_the_valid_values(sections: dict[str, Any], 
 
 
 @pytest.mark.parametrize(("toml", "section"), [
-    ('[model]\nfamily = "deepspeech2"\n[las]\nbeam_size = 8\n', "[las]"),
+    ('[model]\nfamily = "deepspeech2"\n[las]\nlistener_layers = 2\n', "[las]"),
     ('[model]\nfamily = "las"\n[transducer]\njoint_dim = 8\n', "[transducer]"),
     ('[encoder]\nd_model = 256\n', "[encoder]"),
     ('[model]\nfamily = "transducer"\nrnn_hidden = 512\n', "[model]"),

@@ -340,3 +340,17 @@ def test_nan_samples(tmp_path: Path) -> None:
 def test_feature_config_is_hashable_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         CFG.n_mels = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 16000, 22050])
+def test_log_mel_core_equals_torchaudio_mel_spectrogram(sample_rate: int) -> None:
+    """The one log-mel core (`LogMel`, which the CPU, device and streaming front ends wrap) gives torchaudio's
+    centred MelSpectrogram, bit for bit: the features trained checkpoints were fitted on."""
+    import torchaudio
+
+    feat = Featurizer(FeatureConfig(sample_rate=sample_rate, n_mels=40, normalize=False))
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=feat.n_fft, win_length=feat.win_length,
+                                               hop_length=feat.hop_length, n_mels=40, center=True, power=2.0)
+    for n in (feat.n_fft // 2 + 1, 3000, sample_rate + 7):
+        wave = noisy(n, n)
+        assert torch.equal(feat.log_mel(wave), torch.log(mel(wave) + 1e-6).transpose(0, 1))

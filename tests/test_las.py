@@ -24,21 +24,13 @@ from asrkit.cli import app
 from asrkit.config import build_config
 from asrkit.data.tokenizer import CharTokenizer, Tokenizer
 from asrkit.errors import AsrkitError
+from asrkit.lm import SPACE_WORD, UnitLM, load_fusion_lm, unit_sentence
 from asrkit.models import MODELS, build_model
 from asrkit.models.attention_plot import plot_attention, token_labels
 from asrkit.models.las import LAS, Listener, concat_pairs
-from asrkit.models.las_search import (
-    EOS,
-    SPACE_WORD,
-    CTCScorer,
-    LMScorer,
-    State,
-    UnitLM,
-    beam_search,
-    greedy_search,
-    unit_sentence,
-)
+from asrkit.models.las_search import EOS, CTCScorer, LMScorer, State, beam_search, greedy_search
 from asrkit.records import Batch, Hypothesis
+from asrkit.search import SearchOptions, describe
 
 N_MELS = 20
 TOK = CharTokenizer.train(["abcdefghij "])  # blank/EOS 0, ' ' 1, a-j 2-11
@@ -46,7 +38,8 @@ VOCAB = len(TOK.vocab)
 
 SMALL = {"listener_layers": 2, "pyramid_layers": 2, "listener_hidden": 16, "attention_dim": 16, "embedding_dim": 8,
          "speller_layers": 2, "speller_hidden": 24, "location_channels": 4, "location_kernel": 5, "dropout": 0.0,
-         "label_smoothing": 0.0, "sampling_rate": 0.0, "max_len_ratio": 1.0}
+         "label_smoothing": 0.0, "sampling_rate": 0.0}
+SEARCH = SearchOptions(max_len_ratio=1.0)  # the [decode] of these tests (beam_size 0: the attention default, 4)
 
 VARIANTS = [
     {},
@@ -55,7 +48,7 @@ VARIANTS = [
     {"attention": "location", "attention_heads": 4, "ctc_weight": 0.3},
     {"conv_layers": 2, "pyramid_layers": 1, "listener_layers": 1},
     {"pyramid_layers": 0},
-    {"attention": "dot", "ctc_weight": 0.3, "ctc_decode_weight": 0.4},
+    {"attention": "dot", "ctc_weight": 0.3, "decode": {"ctc_weight": 0.4}},  # joint CTC/attention decoding
 ]
 
 
@@ -63,12 +56,19 @@ def variant_id(v: dict) -> str:
     return ",".join(f"{k}={x}" for k, x in v.items()) or "location"
 
 
-def make_las(**las: object) -> LAS:
+def make_las(decode: dict[str, Any] | None = None, **las: object) -> LAS:
+    """A small LAS; `decode`: its config's [decode] (checked against the model when it is built)."""
     torch.manual_seed(0)
-    cfg = build_config({"model": {"family": "las"}, "las": {**SMALL, **las}, "features": {"n_mels": N_MELS}})
+    cfg = build_config({"model": {"family": "las"}, "las": {**SMALL, **las}, "features": {"n_mels": N_MELS},
+                        "decode": decode or {}})
     model = build_model(cfg, N_MELS, VOCAB)
     assert isinstance(model, LAS)
     return model
+
+
+def search_of(variant: dict, **settings: Any) -> SearchOptions:
+    """SEARCH with a variant's [decode] settings and `settings`."""
+    return replace(SEARCH, **variant.get("decode", {}), **settings)
 
 
 def make_batch(lens: Sequence[int], target_lens: Sequence[int], seed: int = 0, pad_value: float = 0.0) -> Batch:
@@ -128,7 +128,7 @@ def test_attention_weights_are_distributions_over_real_frames(variant: dict) -> 
     model = make_las(**variant).eval()
     batch = make_batch([40, 23, 9], [5, 3, 2])
     with torch.no_grad():
-        results, lens = model._search(batch.feats, batch.feat_lens, TOK)
+        results, lens = model._search(batch.feats, batch.feat_lens, model.resolve_search(search_of(variant)), None)
     heads = model.attention.heads
     for found, n in zip(results, lens, strict=True):
         w = found[0].weights  # (U', H, T'max)
@@ -153,22 +153,23 @@ def test_gradients_reach_every_parameter(variant: dict) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 def test_padding_does_not_change_loss_or_decoding(variant: dict) -> None:
-    model = make_las(**variant, beam_size=3, nbest=3).eval()
+    model = make_las(**variant).eval()
+    search = search_of(variant, beam_size=3, nbest=3)
     batch = make_batch([61, 23, 40], [7, 2, 5], pad_value=5.0)
     with torch.no_grad():
         together = model.loss(batch)
         alone = sum(model.loss(pick(batch, i)) for i in range(3))
         assert together.item() * 3 == pytest.approx(float(alone), rel=1e-5)
-        nbest = model.decode_nbest(batch.feats, batch.feat_lens, TOK)
+        nbest = model.decode(batch.feats, batch.feat_lens, search, tokenizer=TOK)
         for i in range(3):
-            single = model.decode_nbest(pick(batch, i).feats, pick(batch, i).feat_lens, TOK)[0]
+            single = model.decode(pick(batch, i).feats, pick(batch, i).feat_lens, search, tokenizer=TOK)[0]
             assert [h.tokens for h in nbest[i]] == [h.tokens for h in single]
             assert [h.score for h in nbest[i]] == pytest.approx([h.score for h in single], abs=1e-4)
 
 
 def test_loss_is_cross_entropy_of_tokens_then_eos() -> None:
     """With no smoothing or sampling: the teacher-forced log-likelihood the greedy search would score."""
-    model = make_las(beam_size=1).eval()
+    model = make_las().eval()
     batch = make_batch([30], [4])
     with torch.no_grad():
         _, _, memory, state = model._start(batch.feats, batch.feat_lens)
@@ -208,9 +209,14 @@ def test_scheduled_sampling_ramp() -> None:
     ({"attention": "cosine"}, "unknown las.attention 'cosine'; valid: dot, additive, location"),
     ({"attention_heads": 3}, "las.attention_heads 3 must divide"),
     ({"pyramid_layers": 5}, "las.pyramid_layers must be 0-2"),
-    ({"nbest": 5}, "las.nbest (5) 1 to las.beam_size"),
+    ({"decode": {"nbest": 5, "beam_size": 4}}, "config [decode]: nbest 5 is larger than the beam size 4"),
     ({"location_kernel": 4}, "must be odd"),
-    ({"ctc_decode_weight": 0.3}, "needs the CTC head"),
+    ({"decode": {"ctc_weight": 0.3}}, "config [decode]: ctc_weight 0.3 (joint CTC decoding) needs the CTC head"),
+    ({"beam_size": 4}, "config las.beam_size: the search settings of every model are in [decode] now; set "
+                       "decode.beam_size instead"),
+    ({"ctc_decode_weight": 0.3}, "set decode.ctc_weight instead"),
+    ({"decode": {"max_symbols": 4}}, "decode setting(s) max_symbols set, but a model with the attention objective "
+                                     "does not read them (they apply to transducer models)"),
 ])
 def test_config_errors(las: dict, fragment: str) -> None:
     """Choices fail when the config is built; sizes that do not fit together when the model is."""
@@ -355,7 +361,8 @@ WORDS = ["zero", "one", "two", "three"]
 TINY: dict[str, dict[str, Any]] = {
     "model": {"family": "las"},
     "las": {**SMALL, "listener_hidden": 32, "attention_dim": 32, "embedding_dim": 16, "speller_layers": 1,
-            "speller_hidden": 64, "beam_size": 2},
+            "speller_hidden": 64},
+    "decode": {"beam_size": 2, "max_len_ratio": 1.0},
     "features": {"n_mels": 40, "spec_augment": False},
     "train": {"epochs": 30, "lr": 8e-3, "warmup_steps": 5, "anneal": 1.0, "batch_seconds": 10.0, "grad_clip": 5.0,
               "num_workers": 0, "save_every_steps": 0, "seed": 7},
@@ -377,14 +384,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return corpus, data, exp
 
 
+TRAINED = SearchOptions(**TINY["decode"])  # the search of the trained model's checkpoint
+
+
 def loaded_batch(data: Path, exp: Path) -> tuple[LAS, Tokenizer, torch.Tensor, torch.Tensor]:
     """The trained model, its tokenizer and its four training utterances as one padded batch."""
     from asrkit.checkpoint import load_checkpoint
     from asrkit.data.manifest import read_manifest
-    from asrkit.transcribe import _load_batches
+    from asrkit.inference import load_batches
 
     loaded = load_checkpoint(exp / "last.pt")
-    ((_, batch),) = list(_load_batches(loaded, read_manifest(data / "train.jsonl"), 8, torch.device("cpu"), None))
+    assert loaded.config.decode.search_options() == TRAINED
+    ((_, batch),) = list(load_batches(loaded, read_manifest(data / "train.jsonl"), 8, torch.device("cpu"), None))
     assert isinstance(loaded.model, LAS) and batch is not None
     return loaded.model, loaded.tokenizer, batch.feats, batch.feat_lens
 
@@ -407,15 +418,16 @@ def test_overfits_and_cli_transcribes(trained: tuple[Path, Path, Path]) -> None:
 def test_beam_one_equals_greedy_on_the_trained_model(trained: tuple[Path, Path, Path], length_penalty: float) -> None:
     _, data, exp = trained
     model, tok, feats, lens = loaded_batch(data, exp)
-    model.search = replace(model.search, beam_size=1, nbest=1, length_penalty=length_penalty)
-    greedy = model.decode(feats, lens, tok)
+    search = replace(TRAINED, beam_size=1, nbest=1, length_penalty=length_penalty)
+    greedy = [h for (h,) in model.decode(feats, lens, search, tokenizer=tok)]
     assert sorted(h.text for h in greedy) == sorted(WORDS)
-    beam1 = beam_search_hyps(model, tok, feats, lens)
+    beam1 = beam_search_hyps(model, tok, feats, lens, search)
     assert [h.tokens for h in beam1] == [h.tokens for h in greedy]
     assert [h.score for h in beam1] == pytest.approx([h.score for h in greedy], abs=1e-4)
 
 
-def beam_search_hyps(model: LAS, tok: Tokenizer, feats: torch.Tensor, lens: torch.Tensor) -> list[Hypothesis]:
+def beam_search_hyps(model: LAS, tok: Tokenizer, feats: torch.Tensor, lens: torch.Tensor,
+                     search: SearchOptions) -> list[Hypothesis]:
     """The beam-search code path with a beam of one (LAS.decode would take greedy_search)."""
     with torch.no_grad():
         _, enc_lens, memory, state = model._start(feats, lens)
@@ -425,8 +437,8 @@ def beam_search_hyps(model: LAS, tok: Tokenizer, feats: torch.Tensor, lens: torc
             return torch.log_softmax(logits.float(), -1), st
 
         n = enc_lens.tolist()
-        found = beam_search(step, state, [math.ceil(model.search.max_len_ratio * x) for x in n], beam=1)
-    return [Hypothesis(tok.decode(f[0].tokens), f[0].tokens, model.rank(f[0], x))
+        found = beam_search(step, state, [math.ceil(search.max_len_ratio * x) for x in n], beam=1)
+    return [Hypothesis(tok.decode(f[0].tokens), f[0].tokens, model.rank(f[0], x, search))
             for f, x in zip(found, n, strict=True)]
 
 
@@ -435,8 +447,8 @@ def test_nbest_sorted_by_score(trained: tuple[Path, Path, Path]) -> None:
     _, data, exp = trained
     model, tok, feats, lens = loaded_batch(data, exp)
     for lp, cov in [(0.0, 0.0), (0.6, 0.0), (0.0, 0.5)]:
-        model.search = replace(model.search, beam_size=4, nbest=4, length_penalty=lp, coverage_penalty=cov)
-        for nbest in model.decode_nbest(feats, lens, tok):
+        search = replace(TRAINED, beam_size=4, nbest=4, length_penalty=lp, coverage_penalty=cov)
+        for nbest in model.decode(feats, lens, search, tokenizer=tok):
             scores = [h.score for h in nbest]
             assert len(nbest) == 4 and scores == sorted(scores, reverse=True)
             assert len({h.tokens for h in nbest}) == 4
@@ -453,18 +465,26 @@ def test_fusion_through_the_model(trained: tuple[Path, Path, Path], tmp_path: Pa
     unigrams = "".join(f"-1\t{w}\t0\n" for w in ["<unk>", "</s>", *letters]) + "-99\t<s>\t0\n"
     arpa.write_text(f"\\data\\\nngram 1={len(letters) + 3}\nngram 2=1\n\n\\1-grams:\n{unigrams}\n"
                     "\\2-grams:\n-0.1\tz e\n\n\\end\\\n")
-    model.search = replace(model.search, lm_path=str(arpa), lm_weight=0.1)
-    assert sorted(h.text for h in model.decode(feats, lens, tok)) == sorted(WORDS)
-    assert model._lm is not None and model._lm.path == arpa
-    model.use_lm(None, 0.0)
-    assert model.search.lm_weight == 0.0 and model._fusion_lm(tok) is None
+    fused = replace(TRAINED, lm=str(arpa), lm_weight=0.1)
+    lm = load_fusion_lm(fused.lm, model.fusion_lm, tok.vocab)  # loaded once, outside the model
+    assert isinstance(lm, UnitLM) and lm.path == arpa
+    assert sorted(h.text for (h,) in model.decode(feats, lens, fused, lm, tokenizer=tok)) == sorted(WORDS)
+    with pytest.raises(ValueError, match="pass its LM loaded"):  # the model opens no file
+        model.decode(feats, lens, fused, tokenizer=tok)
+    assert not any(isinstance(v, UnitLM) for v in vars(model).values())
+    result = CliRunner().invoke(app, ["evaluate", str(exp / "last.pt"), str(data / "train.jsonl"), "--lm", str(arpa),
+                                      "--set", "decode.lm_weight=0.1", "--report", str(tmp_path / "fused.json")])
+    assert result.exit_code == 0 and "WER 0.00%" in result.stdout, result.output
+    assert "beam 2 + LM 0.1" in result.stdout  # loaded once by inference, passed to decode
 
 
 @pytest.mark.slow
 def test_align_and_plot(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, data, exp = trained
     model, tok, feats, lens = loaded_batch(data, exp)
-    for i, (hyp, weights) in enumerate(model.align(feats, lens, tok)):
+    aligned = model.attention_weights(feats, lens, TRAINED, tokenizer=tok)
+    assert aligned is not None
+    for i, (hyp, weights) in enumerate(aligned):
         frames = math.ceil(int(lens[i]) / model.time_reduction)
         assert weights.shape == (len(hyp.tokens) + 1, frames)
         assert torch.allclose(weights.sum(1), torch.ones(weights.shape[0]), atol=1e-5)
@@ -504,20 +524,29 @@ def read_gray_png(data: bytes) -> tuple[int, int, bytes]:
 
 def test_beam_size_option_sets_the_las_search(trained: tuple[Path, Path, Path]) -> None:
     """`asrkit evaluate --beam-size K` on LAS: its own search with a beam of K, the other settings kept."""
+    from asrkit.checkpoint import load_checkpoint
+    from asrkit.inference import DecodeRequest, choose_search
+
     corpus, data, exp = trained
     model, tok, feats, lens = loaded_batch(data, exp)
-    before = model.search
-    model.set_search(1)
-    assert model.search == replace(before, beam_size=1, nbest=1)
-    assert sorted(h.text for h in model.decode(feats, lens, tok)) == sorted(WORDS)
+    beam1 = choose_search(load_checkpoint(exp / "last.pt"), DecodeRequest(settings={"beam_size": 1}))
+    assert beam1 == replace(TRAINED, beam_size=1)  # the checkpoint's other [decode] settings kept
+    assert sorted(h.text for (h,) in model.decode(feats, lens, beam1, tokenizer=tok)) == sorted(WORDS)
     result = CliRunner().invoke(app, ["evaluate", str(exp / "last.pt"), str(data / "train.jsonl"), "--beam-size", "2",
                                       "--report", str(corpus / "beam2.json")])
     assert result.exit_code == 0 and "WER 0.00%" in result.stdout and "beam 2" in result.stdout, result.output
 
 
 def test_search_name_says_what_decode_does() -> None:
-    model = make_las(beam_size=1)
-    assert model.search_name() == "greedy"
-    model.set_search(3, 2)
-    assert model.search_name() == "beam 3" and model.search.nbest == 2
-    assert make_las(ctc_weight=0.5, ctc_decode_weight=0.3).search_name() == "beam 4 + CTC 0.3"
+    model = make_las()
+    assert describe(model.resolve_search(SearchOptions(beam_size=1)), model.objective) == "greedy"
+    assert describe(model.resolve_search(SearchOptions()), model.objective) == "beam 4"  # the attention default
+    search = model.resolve_search(SearchOptions(beam_size=3, nbest=2))
+    assert describe(search, model.objective) == "beam 3" and search.nbest == 2
+    joint = make_las(ctc_weight=0.5).resolve_search(SearchOptions(ctc_weight=0.3))
+    assert describe(joint, "attention") == "beam 4 + CTC 0.3"
+    assert describe(replace(joint, beam_size=1), "attention") == "beam 1 + CTC 0.3"  # CTC scores: not greedy
+    with pytest.raises(AsrkitError, match="needs the CTC head that las.ctc_weight > 0 trains"):
+        model.resolve_search(SearchOptions(ctc_weight=0.3))
+    with pytest.raises(AsrkitError, match="shallow fusion needs both an LM"):
+        model.resolve_search(SearchOptions(lm_weight=0.3))

@@ -17,8 +17,9 @@ from test_beam import ARPA, FRAME_SHIFT, VOCAB, bunny_emissions
 from asrkit import lm as lmlib
 from asrkit import lm_build as lmbuild
 from asrkit.data.text import normalize_text
-from asrkit.decoding import CTCBeamDecoder, LMDecodeOptions
+from asrkit.decoding import CTCBeamDecoder
 from asrkit.errors import AsrkitError
+from asrkit.search import SearchOptions
 
 UPPER_ARPA = ARPA.replace("bugs", "BUGS").replace("bunny", "BUNNY").lstrip()  # LibriSpeech's ARPAs are upper case
 # Decoding with the converted LM: the asrkit backend reads it through the kenlm module, flashlight on its own.
@@ -63,7 +64,7 @@ def test_lm_build_reads_librispeech_style_gzipped_text(tmp_path: Path) -> None:
 def test_gzipped_upper_case_arpa_is_converted_once_and_decodes(tmp_path: Path, backend: str,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     gz = gzipped(tmp_path / "3-gram.arpa.gz", UPPER_ARPA)
-    opts = LMDecodeOptions(lm=str(gz), alpha=0.5, beta=0.0, backend=backend)
+    opts = SearchOptions(lm=str(gz), alpha=0.5, beta=0.0, backend=backend)
     assert CTCBeamDecoder(VOCAB, opts).decode(bunny_emissions(), FRAME_SHIFT)[0].text == "bugs bunny"
     binary = tmp_path / "3-gram.asrkit.bin"
     assert binary.is_file() and (tmp_path / "3-gram.asrkit.unigrams.txt").read_text() == "bugs\nbunny\n"
@@ -84,7 +85,7 @@ def test_without_build_binary_the_lower_cased_arpa_is_cached(tmp_path: Path, mon
     gz = gzipped(tmp_path / "4-gram.arpa.gz", UPPER_ARPA)
     arpa = lmlib.resolve_lm(gz)
     assert arpa == tmp_path / "4-gram.asrkit.arpa" and "-0.1\tbugs bunny" in arpa.read_text()
-    assert CTCBeamDecoder(VOCAB, LMDecodeOptions(lm=str(gz), alpha=0.5, beta=0.0, backend="asrkit")).decode(
+    assert CTCBeamDecoder(VOCAB, SearchOptions(lm=str(gz), alpha=0.5, beta=0.0, backend="asrkit")).decode(
         bunny_emissions(), FRAME_SHIFT)[0].text == "bugs bunny"
 
 

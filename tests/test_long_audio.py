@@ -18,12 +18,13 @@ from asrkit.config import build_config
 from asrkit.data.audio import load_span
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import CharTokenizer
-from asrkit.decoding import LMDecodeOptions
 from asrkit.errors import AsrkitError, AudioError
+from asrkit.evaluate import evaluate
 from asrkit.longform import check_segment_seconds, find_cuts, split_long, stitch
 from asrkit.models import build_model
 from asrkit.records import Hypothesis, Utterance, WordTiming
-from asrkit.transcribe import evaluate, transcribe
+from asrkit.search import SearchOptions
+from asrkit.transcribe import transcribe
 
 FSDD = Path(__file__).parent / "assets" / "fsdd" / "recordings"
 SR = 8000  # FSDD's rate: the model resamples to 16 kHz
@@ -109,10 +110,10 @@ def test_stitch_shifts_timings_and_joins_text() -> None:
                                                               ("three", pytest.approx(22.2), pytest.approx(22.6))]
 
 
-@pytest.mark.parametrize("decode", [None, LMDecodeOptions(beam_size=4)], ids=["greedy", "beam"])
+@pytest.mark.parametrize("decode", [None, SearchOptions(beam_size=4)], ids=["greedy", "beam"])
 def test_long_file_equals_its_pieces_decoded_one_by_one(long_speech: tuple[Path, list[tuple[float, float]]],
                                                         model: Path, tmp_path: Path,
-                                                        decode: LMDecodeOptions | None) -> None:
+                                                        decode: SearchOptions | None) -> None:
     path, _ = long_speech
     whole, _ = sf.read(path, dtype="float32")
     spans, _ = find_cuts(path, 10.0)
@@ -201,7 +202,7 @@ def test_one_hour_file_is_decoded_in_bounded_pieces(model: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1-hour file of the bad-input corpus (issue #9): speech bursts in noise at 8 kHz, written block by block.
     No batch ever holds more than batch_size x segment_seconds of audio, and the timings cover the hour."""
-    import asrkit.transcribe as T
+    import asrkit.inference as T
 
     path = tmp_path / "hour long ü.flac"
     digit, _ = sf.read(sorted(FSDD.glob("7_lucas_*.wav"))[0], dtype="float32")
@@ -212,14 +213,14 @@ def test_one_hour_file_is_decoded_in_bounded_pieces(model: Path, tmp_path: Path,
             block[SR : SR + len(digit)] += digit
             f.write(block)
     loaded_seconds: list[float] = []
-    original = T._load_batches
+    original = T.load_batches
 
     def spy(loaded, utts, batch_size, device, failures):  # type: ignore[no-untyped-def]
         for idx, batch in original(loaded, utts, batch_size, device, failures):
             loaded_seconds.append(sum(utts[i].duration for i in idx))
             yield idx, batch
 
-    monkeypatch.setattr(T, "_load_batches", spy)
+    monkeypatch.setattr(T, "load_batches", spy)
     [(_, hyp)], failures = transcribe(model, [path], device="cpu", batch_size=8, segment_seconds=40.0)
     assert not failures
     assert len(loaded_seconds) >= 3600 / (8 * 40)

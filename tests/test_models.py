@@ -15,6 +15,7 @@ from asrkit.decoding import ctc_greedy, word_timings
 from asrkit.errors import AsrkitError
 from asrkit.models import MODELS, build_model
 from asrkit.records import Batch, Emissions, Hypothesis
+from asrkit.search import SearchOptions
 
 N_MELS = 40
 VOCAB = 12
@@ -150,8 +151,12 @@ def test_model_decode_returns_hypotheses() -> None:
     torch.manual_seed(1)
     model.eval()
     batch = random_batch([40, 25])
-    hyps = model.decode(batch.feats, batch.feat_lens, tok, frame_shift=0.01)
-    assert len(hyps) == 2
+    nbests = model.decode(batch.feats, batch.feat_lens, SearchOptions(), tokenizer=tok, frame_shift=0.01)
+    assert [len(n) for n in nbests] == [1, 1]  # the default: greedy
+    hyps = [n[0] for n in nbests]
+    with torch.no_grad():
+        best_paths = ctc_greedy(model.ctc_emissions(batch.feats, batch.feat_lens, 0.01), tok)  # type: ignore[arg-type]
+    assert [h.tokens for h in hyps] == [h.tokens for h in best_paths]
     for hyp, n in zip(hyps, (40, 25), strict=True):
         assert isinstance(hyp, Hypothesis)
         assert hyp.text == tok.decode(list(hyp.tokens))
@@ -159,7 +164,8 @@ def test_model_decode_returns_hypotheses() -> None:
         out_frames = math.ceil(n / 2)
         for w in hyp.words:
             assert 0 <= w.start < w.end <= out_frames * 0.02 + 1e-9
-    em = model.emissions(batch.feats, batch.feat_lens, 0.01)
+    em = model.ctc_emissions(batch.feats, batch.feat_lens, 0.01)
+    assert em is not None
     assert em.frame_shift == pytest.approx(0.02)
 
 

@@ -22,11 +22,11 @@ from asrkit.data.loader import SpeechDataset, WaveItem, collate, collate_waves
 from asrkit.data.manifest import ManifestError, read_manifest, write_manifest
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.errors import AudioError
+from asrkit.evaluate import evaluate
 from asrkit.experiment import _fit_featurizer
 from asrkit.longform import find_cuts, split_long
 from asrkit.models import build_model
 from asrkit.records import Utterance
-from asrkit.transcribe import evaluate
 
 # The long file, the separate recordings, and the (offset, duration) of each in the long one.
 Recording = tuple[Path, list[Path], list[tuple[float, float]]]

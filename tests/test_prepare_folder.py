@@ -210,8 +210,8 @@ def test_random_split_is_seeded_and_complete(tmp_path: Path) -> None:
     assert {k: len(v) for k, v in first.items()} == {"train": 14, "dev": 4, "test": 2}
     every = first["train"] + first["dev"] + first["test"]
     assert len(set(every)) == 20
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".measured.cache", "dev.jsonl", "test.jsonl",
-                                                                  "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".measured.cache", "dev.jsonl", "normaliser.json",
+                                                                  "test.jsonl", "train.jsonl"]
     with pytest.raises(AsrkitError, match="must be below 1"):
         folder.prepare(corpus, tmp_path / "d", dev_fraction=0.5, test_fraction=0.5)
 

@@ -104,22 +104,23 @@ def test_raw_pcm_refuses_a_wav_header_and_warns_about_half_a_sample(tmp_path: Pa
 # --- streaming decoding equals whole-utterance decoding -------------------------------------------------
 
 
-def loaded_random_model(**overrides: object) -> Loaded:
-    cfg = build_config({"model": {"family": "transducer"}, "features": {"n_mels": 20}})
+def loaded_random_model(decode: dict[str, Any] | None = None, **overrides: object) -> Loaded:
+    """A random transducer whose checkpoint config holds `decode` (its [decode]: the search streaming uses)."""
+    cfg = build_config({"model": {"family": "transducer"}, "features": {"n_mels": 20}, "decode": decode or {}})
     model = make_model(vocab=7, seed=2, **overrides).eval()
     return Loaded(cfg, CharTokenizer(list("abcdef")), featurizer(), model, {}, Path("random.pt"))
 
 
 def whole(loaded: Loaded, wave: torch.Tensor) -> list:
     feats = loaded.featurizer(wave)
-    return loaded.model.decode_nbest(feats[None], torch.tensor([len(feats)]), loaded.tokenizer,  # type: ignore
-                                     loaded.featurizer.frame_shift)[0]
+    return loaded.model.decode(feats[None], torch.tensor([len(feats)]), loaded.config.decode.search_options(),
+                               tokenizer=loaded.tokenizer, frame_shift=loaded.featurizer.frame_shift)[0]
 
 
-@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+@pytest.mark.parametrize("decode", [{"beam_size": 1}, {"beam_size": 3, "nbest": 3}], ids=["greedy", "beam"])
 @pytest.mark.parametrize("chunk_ms", [10, 70, 320, 5000])
-def test_random_model_streams_exactly_like_whole_utterance(decoding: str, chunk_ms: int) -> None:
-    loaded = loaded_random_model(decoding=decoding, beam_size=3, nbest=3)
+def test_random_model_streams_exactly_like_whole_utterance(decode: dict[str, Any], chunk_ms: int) -> None:
+    loaded = loaded_random_model(decode)
     wave = torch.randn(21_000, generator=torch.Generator().manual_seed(1)) * 0.1
     result = stream_transcribe(loaded, io.BytesIO(pcm_bytes(wave.numpy())), chunk_ms=chunk_ms)
     want = whole(loaded, torch.from_numpy(np.frombuffer(pcm_bytes(wave.numpy()), "<i2") / 32768.0).float())
@@ -143,7 +144,8 @@ def test_trained_model_streams_its_training_words(trained: tuple[Path, Path], ch
         wav = data / f"{word}.wav"
         partials: list[Partial] = []
         result = stream_transcribe(loaded, wav, chunk_ms=chunk_ms, on_partial=partials.append)
-        (want,) = loaded.model.decode(*_feats(loaded, wav), loaded.tokenizer, loaded.featurizer.frame_shift)
+        ((want,),) = loaded.model.decode(*_feats(loaded, wav), loaded.config.decode.search_options(),
+                                         tokenizer=loaded.tokenizer, frame_shift=loaded.featurizer.frame_shift)
         assert result.hypothesis.text == want.text == word
         assert result.hypothesis.tokens == want.tokens
         assert result.hypothesis.words == want.words  # the same frames, so the same timings

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from asrkit.models import MODELS, build_model
 from asrkit.models.transducer import Encoder, Transducer, plan_sub_batches
 from asrkit.models.transducer_search import BeamSearch
 from asrkit.records import Batch
+from asrkit.search import SearchOptions, describe
 
 N_MELS = 20
 VOCAB = 7
@@ -31,6 +33,7 @@ VOCAB = 7
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+GREEDY = SearchOptions(beam_size=1)
 SMALL = {"encoder_layers": 2, "encoder_hidden": 16, "predictor_embed": 8, "predictor_hidden": 16, "joint_dim": 12,
          "dropout": 0.0, "input_stack": 2, "time_reduction": 2, "reduction_after": 1}
 
@@ -196,8 +199,10 @@ def test_streaming_encoder_equals_whole_utterance(n: int, cuts: list[int], stack
 
 
 def test_bidirectional_model_refuses_to_stream() -> None:
+    model = make_model(bidirectional=True)
+    assert not model.streaming and make_model().streaming
     with pytest.raises(ValueError, match="bidirectional"):
-        make_model(bidirectional=True).start_stream()
+        model.start_stream(SearchOptions())
 
 
 # --- decoding -------------------------------------------------------------------------------------------
@@ -207,9 +212,10 @@ def test_greedy_batched_equals_one_at_a_time_and_respects_lengths() -> None:
     tok = CharTokenizer(list("abcdef"))
     model = make_model().eval()
     batch = random_batch([41, 12, 29], [1, 1, 1], seed=5)
-    hyps = model.decode(batch.feats, batch.feat_lens, tok, frame_shift=0.01)
+    hyps = [n[0] for n in model.decode(batch.feats, batch.feat_lens, GREEDY, tokenizer=tok, frame_shift=0.01)]
     for b, n in enumerate([41, 12, 29]):
-        (alone,) = model.decode(batch.feats[b : b + 1, :n], torch.tensor([n]), tok, frame_shift=0.01)
+        ((alone,),) = model.decode(batch.feats[b : b + 1, :n], torch.tensor([n]), GREEDY, tokenizer=tok,
+                                   frame_shift=0.01)
         assert hyps[b].tokens == alone.tokens
         assert hyps[b].score == pytest.approx(alone.score, abs=1e-4)
         assert hyps[b].text == tok.decode(list(alone.tokens))
@@ -220,7 +226,7 @@ def test_greedy_batched_equals_one_at_a_time_and_respects_lengths() -> None:
 def test_beam_search_scores_are_exact_sequence_probabilities() -> None:
     """Without pruning (huge beam) and with max_symbols >= the tokens of a sequence, the merged score of every
     sequence is log p(y|x), the sum over all its alignments: exp(-RNN-T loss)."""
-    model = make_model(vocab=3, seed=4, max_symbols=3).eval()
+    model = make_model(vocab=3, seed=4).eval()
     feats, lens = torch.randn(1, 12, N_MELS), torch.tensor([12])
     with torch.no_grad():
         enc, enc_lens = model.encoder(feats, lens)
@@ -244,26 +250,33 @@ def test_beam_search_scores_are_exact_sequence_probabilities() -> None:
 
 def test_beam_nbest_is_sorted_unique_and_bounded() -> None:
     tok = CharTokenizer(list("abcdef"))
-    model = make_model(decoding="beam", beam_size=5, nbest=3).eval()
+    model = make_model().eval()
+    search = SearchOptions(beam_size=5, nbest=3)
     batch = random_batch([40, 22], [1, 1], seed=6)
-    nbests = model.decode_nbest(batch.feats, batch.feat_lens, tok)
+    nbests = model.decode(batch.feats, batch.feat_lens, search, tokenizer=tok)
     for hyps in nbests:
         assert 1 <= len(hyps) <= 3
         scores = [h.score for h in hyps]
         assert scores == sorted(scores, reverse=True)
         assert len({h.tokens for h in hyps}) == len(hyps)
-    assert [h.tokens for h in model.decode(batch.feats, batch.feat_lens, tok)] == [n[0].tokens for n in nbests]
+    best = model.decode(batch.feats, batch.feat_lens, replace(search, nbest=1), tokenizer=tok)
+    assert [h.tokens for (h,) in best] == [n[0].tokens for n in nbests]
 
 
 def test_registry_and_config_errors() -> None:
     assert "transducer" in MODELS
-    cases: list[tuple[dict[str, Any], str]] = [({"decoding": "viterbi"}, "unknown transducer.decoding 'viterbi'; valid: greedy, beam"),
-                                               ({"reduction_after": 3}, "reduction_after must be 0-2"),
-                                               ({"nbest": 5, "beam_size": 4}, "nbest <= beam_size"),
-                                               ({"encoder_layers": 0}, "encoder_layers must be at least 1")]
-    for overrides, fragment in cases:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"transducer": {"decoding": "beam"}}, "config transducer.decoding: the search settings of every model are "
+                                               "in [decode] now; set decode.beam_size instead (greedy: 1)"),
+        ({"transducer": {"encoder_layers": 2, "reduction_after": 3}}, "reduction_after must be 0-2"),
+        ({"decode": {"nbest": 5, "beam_size": 4}}, "config [decode]: nbest 5 is larger than the beam size 4"),
+        ({"decode": {"length_penalty": 0.5}}, "config [decode]: decode setting(s) length_penalty set, but a model "
+                                              "with the transducer objective does not read them"),
+        ({"transducer": {"encoder_layers": 0}}, "encoder_layers must be at least 1")]
+    for sections, fragment in cases:
         with pytest.raises(AsrkitError) as info:
-            make_model(**overrides)
+            cfg = build_config({"model": {"family": "transducer"}, "features": {"n_mels": N_MELS}, **sections})
+            build_model(cfg, N_MELS, VOCAB)
         assert fragment in str(info.value)
 
 
@@ -315,7 +328,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_overfits_a_tiny_corpus_and_transcribes_it(trained: tuple[Path, Path]) -> None:
     from asrkit.checkpoint import load_checkpoint
     from asrkit.data.audio import load_audio
-    from asrkit.transcribe import evaluate, transcribe
+    from asrkit.evaluate import evaluate
+    from asrkit.transcribe import transcribe
 
     data, exp = trained
     history = [json.loads(line) for line in (exp / "history.jsonl").read_text().splitlines()]
@@ -328,9 +342,9 @@ def test_overfits_a_tiny_corpus_and_transcribes_it(trained: tuple[Path, Path]) -
     loaded = load_checkpoint(exp, "cpu")  # beam search on the same weights
     model = loaded.model
     assert isinstance(model, Transducer)
-    model.decoding, model.beam_size, model.nbest = "beam", 4, 2
     feats = loaded.featurizer(load_audio(wavs[2], 16000))
-    nbest = model.decode_nbest(feats[None], torch.tensor([len(feats)]), loaded.tokenizer)[0]
+    nbest = model.decode(feats[None], torch.tensor([len(feats)]), SearchOptions(beam_size=4, nbest=2),
+                         tokenizer=loaded.tokenizer)[0]
     assert nbest[0].text == "two" and len(nbest) == 2 and nbest[0].score > nbest[1].score
 
 
@@ -343,16 +357,16 @@ def test_beam_size_option_picks_the_transducers_own_search(trained: tuple[Path, 
     from asrkit.checkpoint import load_checkpoint
     from asrkit.cli import EXIT_USER_ERROR, app
     from asrkit.data.manifest import read_manifest
-    from asrkit.decoding import LMDecodeOptions
-    from asrkit.transcribe import decode_nbest
+    from asrkit.inference import decode_nbest, prepare_search
 
     data, exp = trained
     utts = read_manifest(data / "dev.jsonl")
-    for beam, nbest, search in ((1, 1, "greedy"), (3, 2, "beam")):
-        loaded = load_checkpoint(exp, "cpu")
-        assert isinstance(loaded.model, Transducer) and loaded.model.decoding == "greedy"  # as trained (TINY)
-        found = list(decode_nbest(loaded, utts, decode=LMDecodeOptions(beam_size=beam, nbest=nbest)))
-        assert (loaded.model.decoding, loaded.model.beam_size) == (search, beam)
+    loaded = load_checkpoint(exp, "cpu")
+    assert describe(prepare_search(loaded)[0], loaded.model.objective) == "greedy"  # as trained (TINY)
+    for beam, nbest, name in ((1, 1, "greedy"), (3, 2, "beam 3")):
+        search = SearchOptions(beam_size=beam, nbest=nbest)
+        assert describe(prepare_search(loaded, search)[0], loaded.model.objective) == name
+        found = list(decode_nbest(loaded, utts, search=search))
         assert [hyps[0].text for _, hyps in found] == WORDS
         assert all(len(hyps) == nbest for _, hyps in found)  # --nbest: the search's n-best list comes back
     run = CliRunner().invoke(app, ["evaluate", str(exp), str(data / "dev.jsonl"), "--beam-size", "3", "--device",
@@ -361,13 +375,15 @@ def test_beam_size_option_picks_the_transducers_own_search(trained: tuple[Path, 
     run = CliRunner().invoke(app, ["evaluate", str(exp), str(data / "dev.jsonl"), "--alpha", "1", "--lm",
                                    str(tmp_path / "x.bin"), "--device", "cpu"])
     assert run.exit_code == EXIT_USER_ERROR
-    assert "a transducer model decodes with its own search; lm, alpha (LM beam search)" in run.stderr
+    assert ("decode setting(s) lm, alpha set, but a model with the transducer objective does not read them (they "
+            "apply to attention and ctc models)") in run.stderr
 
 
-def test_search_name_follows_set_search() -> None:
+def test_the_search_is_named_from_the_options_not_the_model() -> None:
     model = make_model()
-    assert model.search_name() == "greedy"
-    model.set_search(4, 2)
-    assert (model.search_name(), model.nbest) == ("beam 4", 2)
-    with pytest.raises(ValueError, match="1 <= nbest <= beam size"):
-        model.set_search(2, 3)
+    assert describe(model.resolve_search(SearchOptions()), model.objective) == "greedy"  # the default: beam 1
+    search = model.resolve_search(SearchOptions(beam_size=4, nbest=2))
+    assert (describe(search, model.objective), search.nbest) == ("beam 4", 2)
+    assert model.resolve_search(SearchOptions(nbest=3)).beam_size == 3  # the default beam holds the n-best list
+    with pytest.raises(AsrkitError, match="nbest 3 is larger than the beam size 2"):
+        SearchOptions(beam_size=2, nbest=3)

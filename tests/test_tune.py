@@ -11,15 +11,17 @@ import torch
 from conftest import FSDD_ASSETS, needs_kenlm
 from test_beam import ARPA, VOCAB, bunny_emissions
 
-from asrkit.checkpoint import save_checkpoint
+from asrkit.checkpoint import load_checkpoint, save_checkpoint
 from asrkit.config import build_config
 from asrkit.data.audio import audio_info
 from asrkit.data.features import Featurizer
 from asrkit.data.tokenizer import CharTokenizer
-from asrkit.decoding import LMDecodeOptions
 from asrkit.errors import AsrkitError
+from asrkit.evaluate import evaluate
+from asrkit.inference import DecodeRequest, choose_search, prepare_search
 from asrkit.models import build_model
-from asrkit.transcribe import decode_options, evaluate, read_decode_params, transcribe_nbest
+from asrkit.search import SearchOptions, describe, read_decode_params
+from asrkit.transcribe import transcribe_nbest
 from asrkit.tune import search_space, tune, tune_weights, write_decode_params
 
 DIGIT_ARPA = """\\data\\
@@ -63,7 +65,7 @@ def test_search_space_grid_and_random() -> None:
 
 def test_tuning_finds_that_the_lm_helps(arpa: Path) -> None:
     lp = bunny_emissions()
-    opts = LMDecodeOptions(lm=str(arpa))
+    opts = SearchOptions(lm=str(arpa))
     trials = tune_weights([lp, lp], ["bugs bunny", "bugs bunny"], VOCAB, opts, [(0.0, 0.0), (0.5, 0.0)],
                           workers=2)
     assert [(t.alpha, t.wer) for t in trials] == [(0.0, 0.5), (0.5, 0.0)]
@@ -74,14 +76,14 @@ def test_summary_says_when_the_best_lies_on_the_edge_of_the_range(tmp_path: Path
 
     trials = [Trial(a, b, 0.5 - 0.1 * b, 0.1) for a in (0.0, 1.0) for b in (0.0, 1.0, 2.0)]
     best = min(trials, key=lambda t: t.wer)
-    result = TuneResult(best, 0.6, 0.2, trials, LMDecodeOptions(), tmp_path / "tune.json")
+    result = TuneResult(best, 0.6, 0.2, trials, SearchOptions(), tmp_path / "tune.json")
     assert best.beta == 2.0 and result.at_edge() == [
         "the best beta 2 is at the edge of the range searched (0,2); widen --beta-range to look beyond it"]
     assert "note: the best beta 2" in result.summary()
 
 
 def test_decode_params_file_round_trip(tmp_path: Path, arpa: Path) -> None:
-    opts = LMDecodeOptions(lm=str(arpa), alpha=0.7, beta=1.5, beam_size=24, hotwords=("bugs",))
+    opts = SearchOptions(lm=str(arpa), alpha=0.7, beta=1.5, beam_size=24, hotwords=("bugs",))
     path = write_decode_params(tmp_path / "tune.json", opts)
     body = json.loads(path.read_text())
     assert body["decode"]["lm"] == "bunny.arpa"  # relative to the file's folder
@@ -89,9 +91,11 @@ def test_decode_params_file_round_trip(tmp_path: Path, arpa: Path) -> None:
     (tmp_path / "bad.json").write_text('{"decode": {"alpha": 1, "gamma": 2}}')
     with pytest.raises(AsrkitError, match=r"bad\.json: unknown decode setting\(s\) gamma; valid: alpha"):
         read_decode_params(tmp_path / "bad.json")
-    (tmp_path / "bad2.json").write_text('{"decode": {"beam_size": 0}}')
-    with pytest.raises(AsrkitError, match="beam size 0 must be at least 1"):
+    (tmp_path / "bad2.json").write_text('{"decode": {"beam_size": -1}}')
+    with pytest.raises(AsrkitError, match=r"bad2\.json: beam size -1 must be at least 1, or 0 for the model's default"):
         read_decode_params(tmp_path / "bad2.json")
+    (tmp_path / "old.json").write_text('{"decode": {"alpha": 0.7, "beam_size": 32}}')  # the CTC settings alone
+    assert read_decode_params(tmp_path / "old.json") == SearchOptions(alpha=0.7, beam_size=32)
     with pytest.raises(AsrkitError, match=r"nope\.json not found; write them with `asrkit tune"):
         read_decode_params(tmp_path / "nope.json")
 
@@ -99,12 +103,12 @@ def test_decode_params_file_round_trip(tmp_path: Path, arpa: Path) -> None:
 # ------------------------------------------------------------------------------------- with a checkpoint
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny DeepSpeech2 over the letters of "zero one two" (the wiring is tested, not accuracy)."""
-    exp = tmp_path_factory.mktemp("exp")
+def tiny_ds2(exp: Path, decode: dict | None = None) -> Path:
+    """An untrained tiny DeepSpeech2 over the letters of "zero one two" (the wiring is tested, not accuracy), its
+    [decode] set to `decode`."""
+    exp.mkdir(parents=True, exist_ok=True)
     cfg = build_config({"model": {"conv_layers": 1, "conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16},
-                        "features": {"n_mels": 40}})
+                        "features": {"n_mels": 40}, "decode": decode or {}})
     tok = CharTokenizer.train(["zero one two"])
     feat = Featurizer(cfg.features)
     feat.fit_stats([0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(0))])
@@ -112,6 +116,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net = build_model(cfg, 40, len(tok.vocab)).eval()
     save_checkpoint(exp / "best.pt", config=cfg, tokenizer=tok, featurizer=feat, model=net)
     return exp
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_ds2(tmp_path_factory.mktemp("exp"))
 
 
 @pytest.fixture()
@@ -147,18 +156,21 @@ def test_transcribe_reads_the_tuned_settings_and_options_override_them(model_dir
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     manifest, wavs = dev
     lm = tmp_path / "digits.arpa"
-    assert decode_options(model_dir) is None  # nothing tuned, nothing asked: greedy
-    write_decode_params(model_dir / "tune.json", LMDecodeOptions(lm=str(lm), alpha=0.3, beta=0.2, beam_size=6))
+    loaded = load_checkpoint(model_dir)
+    plain = choose_search(loaded, DecodeRequest())  # nothing tuned, nothing asked: the checkpoint's [decode]
+    assert plain == loaded.config.decode.search_options() and describe(prepare_search(loaded, plain)[0],
+                                                                       "ctc") == "greedy"
+    write_decode_params(model_dir / "tune.json", SearchOptions(lm=str(lm), alpha=0.3, beta=0.2, beam_size=6))
     try:
-        auto = decode_options(model_dir)
-        assert auto is not None and (auto.alpha, auto.beam_size, Path(auto.lm)) == (0.3, 6, lm)
+        auto = choose_search(loaded, DecodeRequest())
+        assert (auto.alpha, auto.beam_size, Path(auto.lm)) == (0.3, 6, lm)
         assert "tune.json" in capsys.readouterr().err
-        mixed = decode_options(model_dir, beam_size=3, hotwords=["two"], nbest=2)
-        assert mixed is not None and (mixed.alpha, mixed.beam_size, mixed.hotwords, mixed.nbest) == \
-            (0.3, 3, ("two",), 2)
-        assert decode_options(model_dir, greedy=True) is None
+        mixed = choose_search(loaded, DecodeRequest(settings={"beam_size": 3, "hotwords": ("two",), "nbest": 2}))
+        assert (mixed.alpha, mixed.beam_size, mixed.hotwords, mixed.nbest) == (0.3, 3, ("two",), 2)
+        greedy = choose_search(loaded, DecodeRequest(greedy=True))
+        assert describe(prepare_search(loaded, greedy)[0], "ctc") == "greedy" and not greedy.lm
         with pytest.raises(AsrkitError, match="--greedy cannot be combined"):
-            decode_options(model_dir, greedy=True, lm=lm)
+            choose_search(loaded, DecodeRequest(greedy=True, settings={"lm": str(lm)}))
         results, failures = transcribe_nbest(model_dir, [*wavs[:2], tmp_path / "missing.wav"], device="cpu",
                                              decode=mixed, workers=1)
         assert len(results) == 2 and len(failures) == 1
@@ -167,7 +179,7 @@ def test_transcribe_reads_the_tuned_settings_and_options_override_them(model_dir
             duration = audio_info(path)[0]
             assert all(0 <= w.start < w.end <= duration + 0.05 for w in hyps[0].words)
         report = tmp_path / "report.json"
-        result = evaluate(model_dir, manifest, report=report, device="cpu", decode=auto, workers=2)
+        result = evaluate(model_dir, manifest, report=report, device="cpu", decode=DecodeRequest(), workers=2)
         assert len(result.utterances) == 6
         assert json.loads(report.read_text())["decoding"]["alpha"] == 0.3
     finally:
@@ -175,10 +187,64 @@ def test_transcribe_reads_the_tuned_settings_and_options_override_them(model_dir
 
 
 def test_alpha_without_an_lm_is_refused(model_dir: Path) -> None:
+    loaded = load_checkpoint(model_dir)
     with pytest.raises(AsrkitError, match="--alpha and --beta weight a language model: pass --lm"):
-        decode_options(model_dir, alpha=0.5)
-    beam_only = decode_options(model_dir, beam_size=4)
-    assert beam_only is not None and beam_only.lm == "" and beam_only.beam_size == 4
+        choose_search(loaded, DecodeRequest(settings={"alpha": 0.5}))
+    beam_only = choose_search(loaded, DecodeRequest(settings={"beam_size": 4}))
+    assert beam_only.lm == "" and beam_only.beam_size == 4
+    assert describe(prepare_search(loaded, beam_only)[0], "ctc") == "beam 4"  # CTC beam search without an LM
+
+
+def test_search_precedence_checkpoint_then_decode_params_then_options(tmp_path: Path) -> None:
+    """The checkpoint's [decode] < tune.json beside it (or --decode-params) < the command line (named options over
+    --set); what a level does not hold comes from the one below."""
+    exp = tiny_ds2(tmp_path / "exp", {"beam_size": 5, "alpha": 0.1, "beta": 0.7, "hotword_weight": 3.0})
+    loaded = load_checkpoint(exp)
+    assert loaded.config.decode.search_options() == SearchOptions(beam_size=5, alpha=0.1, beta=0.7,
+                                                                  hotword_weight=3.0)
+    (exp / "tune.json").write_text(json.dumps({"decode": {"lm": "x.arpa", "alpha": 0.3, "beam_size": 6}}))
+    tuned = choose_search(loaded, DecodeRequest())
+    assert (tuned.beam_size, tuned.alpha, tuned.beta, tuned.hotword_weight, tuned.lm) == \
+        (6, 0.3, 0.7, 3.0, str(exp / "x.arpa"))
+    given = choose_search(loaded, DecodeRequest(settings={"beam_size": 3}))
+    assert (given.beam_size, given.alpha, given.beta, given.hotword_weight) == (3, 0.3, 0.7, 3.0)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"decode": {"beta": 2.0}}))
+    explicit = choose_search(loaded, DecodeRequest(params=other, settings={"nbest": 2}))  # not tune.json then
+    assert (explicit.beam_size, explicit.alpha, explicit.beta, explicit.nbest, explicit.lm) == (5, 0.1, 2.0, 2, "")
+    with_lm = choose_search(loaded, DecodeRequest(settings={"lm": "y.bin"}))  # --lm: tune.json is not read
+    assert (with_lm.lm, with_lm.alpha, with_lm.beam_size) == ("y.bin", 0.1, 5)
+
+
+def test_cli_options_override_the_checkpoint_and_tune_json(tmp_path: Path) -> None:
+    """`transcribe / evaluate --beam-size --set decode.KEY=VALUE` over tune.json over the checkpoint's [decode],
+    seen in the settings evaluate reports (a CTC beam search without an LM: no kenlm needed)."""
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+
+    exp = tiny_ds2(tmp_path / "exp", {"beam_size": 5, "beta": 0.7, "hotword_weight": 3.0, "backend": "asrkit"})
+    (exp / "tune.json").write_text(json.dumps({"decode": {"beam_size": 6, "token_top_k": 4}}))
+    wav = FSDD_ASSETS / "0_jackson_0.wav"
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": str(wav), "duration": audio_info(wav)[0], "text": "zero"}))
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["evaluate", str(exp), str(manifest), "--beam-size", "3", "--set",
+                                      "decode.token_min_logp=-4", "--set", "decode.beam_prune_logp=-6", "--device",
+                                      "cpu", "--report", str(report), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "beam 3" in result.stdout
+    decoding = json.loads(report.read_text())["decoding"]
+    assert (decoding["beam_size"], decoding["token_top_k"], decoding["token_min_logp"], decoding["beta"],
+            decoding["hotword_weight"], decoding["beam_prune_logp"], decoding["backend"]) == \
+        (3, 4, -4.0, 0.7, 3.0, -6.0, "asrkit")
+    result = CliRunner().invoke(app, ["evaluate", str(exp), str(manifest), "--set", "decode.length_penalty=1",
+                                      "--device", "cpu", "--report", str(report)])
+    assert result.exit_code == 2 and "length_penalty set, but a model with the ctc objective does not read" in \
+        result.output
+    result = CliRunner().invoke(app, ["evaluate", str(exp), str(manifest), "--set", "train.lr=1", "--device", "cpu"])
+    assert result.exit_code == 2 and "--set train.lr: here --set takes the search settings of [decode]" in \
+        result.output
 
 
 # ------------------------------------------------------------------------------------- the command line
@@ -269,7 +335,7 @@ def test_tune_with_a_backend_and_a_gzipped_upper_case_arpa(model_dir: Path, dev:
                 .replace("\\END\\", "\\end\\"))
     out = tmp_path / "tune.json"
     result = tune(model_dir, manifest, gz, out=out, alpha_range=(0.0, 1.0), beta_range=(0.0, 1.0), steps=2,
-                  base=LMDecodeOptions(backend=backend), workers=2, progress=False, device="cpu")
+                  base=SearchOptions(backend=backend), workers=2, progress=False, device="cpu")
     assert len(result.trials) == 4
     decode = json.loads(out.read_text())["decode"]
     assert decode["backend"] == backend and ".asrkit." in decode["lm"]

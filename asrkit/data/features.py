@@ -1,7 +1,12 @@
-"""Log-mel features, mean/variance normalisation, SpecAugment and additive noise (DeepSpeech2)."""
+"""Log-mel features, mean/variance normalisation, SpecAugment and additive noise (DeepSpeech2).
+
+`LogMel` is the one log-mel core: the CPU `Featurizer` here, the batched `DeviceFeaturizer` (device_features.py)
+and the `StreamingFeaturizer` (stream.py) all wrap it, so they compute the same features by the same operations.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Iterable
@@ -15,20 +20,58 @@ from asrkit.errors import AsrkitError
 LOG_FLOOR = 1e-6
 
 
+def centre_pad(wave: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """(samples,) -> (max(samples, n_fft // 2 + 1) + 2 * (n_fft // 2),): the signal as a centred STFT reads it
+    (zeros up to n_fft // 2 + 1 samples for very short audio, which reflect padding needs, then the reflection of
+    n_fft // 2 samples at both ends), so that `LogMel`'s uncentred STFT of the result gives centred frames."""
+    half = n_fft // 2
+    if len(wave) < half + 1:
+        wave = torch.nn.functional.pad(wave, (0, half + 1 - len(wave)))
+    return torch.nn.functional.pad(wave[None, None], (half, half), mode="reflect")[0, 0]
+
+
+class LogMel:
+    """The log-mel core: padded waveforms (..., S) -> log(mel power + LOG_FLOOR) (..., T, F), one frame per hop.
+
+    An uncentred STFT (Hann window of `win_length` inside `n_fft`), power, HTK mel filterbank without
+    normalisation (as torchaudio's MelSpectrogram), natural log; in float32 whatever the autocast precision.
+    The callers pad: `centre_pad` for whole utterances, the streaming front end with what has arrived.
+    Shapes: S samples, T = 1 + (S - n_fft) // hop_length frames, F = n_mels bins, n_fft // 2 + 1 STFT bins.
+    """
+
+    def __init__(self, sample_rate: int, n_fft: int, win_length: int, hop_length: int, n_mels: int) -> None:
+        import torchaudio.functional as taf
+
+        self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+        self.window = torch.hann_window(win_length)  # (win_length,)
+        # (n_fft // 2 + 1, F): torchaudio's MelScale defaults (f_min 0, f_max Nyquist, HTK scale, no norm)
+        self.fb = taf.melscale_fbanks(n_fft // 2 + 1, 0.0, float(sample_rate // 2), n_mels, sample_rate)
+
+    def to(self, device: torch.device | str) -> LogMel:
+        """A copy whose window and filterbank are on `device`."""
+        moved = copy.copy(self)
+        moved.window, moved.fb = self.window.to(device), self.fb.to(device)
+        return moved
+
+    @torch.no_grad()
+    def __call__(self, padded: torch.Tensor, max_frames: int | None = None) -> torch.Tensor:
+        """padded (..., S) -> (..., T, F), or its first `max_frames` frames (the others are not computed)."""
+        with torch.autocast(padded.device.type, enabled=False):
+            spec = torch.stft(padded.float(), self.n_fft, self.hop_length, self.win_length, self.window,
+                              center=False, return_complex=True)  # (..., n_fft // 2 + 1, T)
+            power = spec[..., :max_frames].abs().pow(2.0)
+            return torch.log(torch.matmul(power.transpose(-1, -2), self.fb) + LOG_FLOOR)  # (..., T, F)
+
+
 class Featurizer:
     """Waveform (samples,) -> log-mel (T, n_mels). Holds the normalisation statistics (stored in checkpoints)."""
 
     def __init__(self, cfg: FeatureConfig, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
-        import torchaudio
-
         self.cfg = cfg
         self.win_length = round(cfg.sample_rate * cfg.win_ms / 1000)
         self.hop_length = round(cfg.sample_rate * cfg.hop_ms / 1000)
         self.n_fft = 1 << max(self.win_length - 1, 1).bit_length()
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=self.n_fft, win_length=self.win_length,
-            hop_length=self.hop_length, n_mels=cfg.n_mels, center=True, power=2.0,
-        )
+        self.core = LogMel(cfg.sample_rate, self.n_fft, self.win_length, self.hop_length, cfg.n_mels)
         self.mean = mean
         self.std = std
 
@@ -41,21 +84,28 @@ class Featurizer:
         return 1 + num_samples // self.hop_length
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(samples,) -> (T, n_mels) without normalisation."""
-        frames = self.num_frames(len(wave))
-        min_len = self.mel.n_fft // 2 + 1  # reflect padding needs more samples than half a window
-        if len(wave) < min_len:
-            wave = torch.nn.functional.pad(wave, (0, min_len - len(wave)))
-        with torch.no_grad():
-            return torch.log(self.mel(wave) + LOG_FLOOR).transpose(0, 1)[:frames].contiguous()
+        """(samples,) -> (T, n_mels) without normalisation: the core on the centre-padded wave."""
+        return self.core(centre_pad(wave, self.n_fft), self.num_frames(len(wave)))
 
-    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        feats = self.log_mel(wave)
+    def normalise(self, feats: torch.Tensor) -> torch.Tensor:
+        """(..., T, n_mels) log-mel -> (feats - mean) / std with the training statistics (unchanged without
+        features.normalize)."""
         if self.cfg.normalize:
             if self.mean is None or self.std is None:
                 raise RuntimeError("normalisation statistics missing: call fit_stats() first")
             feats = (feats - self.mean) / self.std
         return feats
+
+    def to(self, device: torch.device | str) -> Featurizer:
+        """A copy whose log-mel core and statistics are on `device` (the batched front end's)."""
+        moved = copy.copy(self)
+        moved.core = self.core.to(device)
+        if self.mean is not None and self.std is not None:
+            moved.mean, moved.std = self.mean.to(device), self.std.to(device)
+        return moved
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.log_mel(wave))
 
     def fit_stats(self, waves: Iterable[torch.Tensor]) -> None:
         """Per-mel-bin mean and standard deviation over all frames of `waves` (float64 accumulation)."""

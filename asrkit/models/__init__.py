@@ -1,4 +1,5 @@
-"""Model families. Every model has `loss(batch) -> Tensor` and `decode(feats, feat_lens, tokenizer, ...)`."""
+"""Model families: family -> builder (the registry). Every model keeps the contract of asrkit.models.layers.ASRModel
+(`loss`, `decode(feats, feat_lens, search, lm)`, `ctc_emissions`, `streaming`)."""
 
 from __future__ import annotations
 
@@ -45,15 +46,14 @@ def _transducer(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
     cfg = config.transducer
     encoder: EncoderModule | None = _encoder(config, n_feats)
     if encoder is None:
-            encoder = Encoder(n_feats, layers=cfg.encoder_layers, hidden=cfg.encoder_hidden,
+        encoder = Encoder(n_feats, layers=cfg.encoder_layers, hidden=cfg.encoder_hidden,
                           bidirectional=cfg.bidirectional, input_stack=cfg.input_stack,
                           time_reduction=cfg.time_reduction, reduction_after=cfg.reduction_after,
                           layer_norm=cfg.layer_norm, dropout=cfg.dropout)
     predictor = Predictor(vocab_size, embed=cfg.predictor_embed, layers=cfg.predictor_layers,
                           hidden=cfg.predictor_hidden, dropout=cfg.dropout)
     joiner = Joiner(encoder.out_dim, predictor.out_dim, cfg.joint_dim, vocab_size)
-    return Transducer(encoder, predictor, joiner, decoding=cfg.decoding, beam_size=cfg.beam_size, nbest=cfg.nbest,
-                      max_symbols=cfg.max_symbols, joint_max_elements=cfg.joint_max_elements)
+    return Transducer(encoder, predictor, joiner, joint_max_elements=cfg.joint_max_elements)
 
 
 MODELS: dict[str, Callable[[Config, int, int], ASRModel]] = {
@@ -72,6 +72,11 @@ def build_model(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
         raise AsrkitError(f"unknown encoder.kind {config.encoder.kind!r}; valid kinds: "
                           f"{', '.join(repr(k) for k in ENCODERS)} (\"\" = the family's own encoder)")
     try:
-        return MODELS[family](config, n_feats, vocab_size)
+        model = MODELS[family](config, n_feats, vocab_size)
     except ValueError as err:
         raise AsrkitError(f"invalid [model] config: {err}") from None
+    try:
+        model.resolve_search(config.decode.search_options())  # [decode] settings this model cannot use: say so now
+    except AsrkitError as err:
+        raise AsrkitError(f"config [decode]: {err}") from None
+    return model

@@ -6,18 +6,21 @@ on any encoder of encoders.py (the Conformer), so Conformer-CTC is `CTCModel(Con
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.decoding import ctc_greedy
+from asrkit.decoding import ctc_decode
 from asrkit.models.layers import ASRModel, EncoderModule
 from asrkit.records import Batch, Emissions, Hypothesis
+from asrkit.search import SearchOptions
 
 
 class CTCModel(ASRModel):
-    """An encoder with a CTC head; `decode` is greedy, the LM beam search runs over `emissions`."""
+    """An encoder with a CTC head; `decode` is greedy or a beam search (asrkit.decoding) over `ctc_emissions`."""
 
     def __init__(self, encoder: EncoderModule, vocab_size: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -31,7 +34,7 @@ class CTCModel(ASRModel):
         enc, lengths = self.encoder(feats, feat_lens)
         return F.log_softmax(self.head(self.dropout(enc)).float(), dim=-1), lengths
 
-    def emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions:
+    def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions:
         log_probs, lengths = self(feats, feat_lens)
         return Emissions(log_probs, lengths, frame_shift * self.time_reduction)
 
@@ -42,6 +45,9 @@ class CTCModel(ASRModel):
                           blank=0, reduction="sum", zero_infinity=True) / len(batch.ids)
 
     @torch.no_grad()
-    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-               frame_shift: float = 0.01) -> list[Hypothesis]:
-        return ctc_greedy(self.emissions(feats, feat_lens, frame_shift), tokenizer)
+    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
+               tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
+        """Greedy (best path), or beam search over the emissions with search.lm (`lm`: an asrkit.lm.WordLM of it,
+        else loaded here once per process)."""
+        search = self.resolve_search(search)
+        return ctc_decode(self.ctc_emissions(feats, feat_lens, frame_shift), tokenizer, search, lm)

@@ -8,14 +8,17 @@ H hidden units, V vocabulary (blank = 0).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.decoding import ctc_greedy
+from asrkit.decoding import ctc_decode
 from asrkit.models.layers import ASRModel, RecurrentLayer, length_mask, make_norm, pack, unpack
 from asrkit.records import Batch, Emissions, Hypothesis
+from asrkit.search import SearchOptions
 
 # (kernel (freq, time), stride (freq, time)) of each convolution, from the paper's best 2-D setups.
 CONV_SPECS = [((41, 11), (2, 2)), ((21, 11), (2, 1)), ((21, 11), (2, 1))]
@@ -87,7 +90,7 @@ class DeepSpeech2(ASRModel):
         logits = unpack(packed, x.shape[1])  # (B, T', V)
         return F.log_softmax(logits.float(), dim=-1), lengths
 
-    def emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions:
+    def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions:
         """`frame_shift` is the feature hop in seconds; the emissions' is that times the time reduction."""
         log_probs, lengths = self(feats, feat_lens)
         return Emissions(log_probs, lengths, frame_shift * self.time_reduction)
@@ -99,6 +102,9 @@ class DeepSpeech2(ASRModel):
                           blank=0, reduction="sum", zero_infinity=False) / len(batch.ids)
 
     @torch.no_grad()
-    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-               frame_shift: float = 0.01) -> list[Hypothesis]:
-        return ctc_greedy(self.emissions(feats, feat_lens, frame_shift), tokenizer)
+    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
+               tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
+        """Greedy (best path), or beam search over the emissions with search.lm (`lm`: an asrkit.lm.WordLM of it,
+        else loaded here once per process)."""
+        search = self.resolve_search(search)
+        return ctc_decode(self.ctc_emissions(feats, feat_lens, frame_shift), tokenizer, search, lm)

@@ -16,8 +16,8 @@ end-of-sentence target, so the tokenizers stay shared between model families.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,13 @@ from torch import nn
 
 from asrkit.config import LASConfig
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.models.las_search import EOS, CTCScorer, Found, LMScorer, Scorer, State, UnitLM, beam_search, greedy_search
+from asrkit.models.las_search import EOS, CTCScorer, Found, LMScorer, Scorer, State, beam_search, greedy_search
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
-from asrkit.records import Batch, Hypothesis
+from asrkit.records import Batch, Emissions, Hypothesis
+from asrkit.search import SearchOptions, is_greedy, resolve
+
+if TYPE_CHECKING:
+    from asrkit.lm import UnitLM
 
 ATTENTIONS = ("dot", "additive", "location")
 
@@ -216,7 +220,7 @@ class Speller(nn.Module):
         return logits, (torch.stack(hs, 1), torch.stack(cs, 1), context, weights)
 
 
-# ------------------------------------------------------------------------------------------------ settings
+# ------------------------------------------------------------------------------------------------ the model
 
 
 @dataclass(frozen=True)
@@ -230,41 +234,20 @@ class Teaching:
     ctc_weight: float = 0.0
 
 
-@dataclass(frozen=True)
-class Search:
-    """Decoding settings (see LASConfig for their meaning)."""
-
-    beam_size: int = 4
-    nbest: int = 1
-    length_penalty: float = 0.0
-    coverage_penalty: float = 0.0
-    max_len_ratio: float = 2.0
-    lm_path: str = ""
-    lm_weight: float = 0.0
-    ctc_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1 or not 1 <= self.nbest <= self.beam_size:
-            raise ValueError(f"las.beam_size ({self.beam_size}) must be at least 1 and las.nbest ({self.nbest}) "
-                             "1 to las.beam_size")
-        if self.max_len_ratio <= 0:
-            raise ValueError(f"las.max_len_ratio must be positive, got {self.max_len_ratio}")
-        if not 0.0 <= self.ctc_weight < 1.0:
-            raise ValueError(f"las.ctc_decode_weight must be in [0, 1), got {self.ctc_weight}")
-
-
 class LAS(ASRModel):
     """Listener, attention, speller composed; `loss` is cross-entropy with label smoothing and scheduled
     sampling (plus CTC on the listener when ctc_weight > 0), `decode` greedy or beam search."""
 
+    objective = "attention"
+    fusion_lm = "tokens"
+
     def __init__(self, listener: EncoderModule, attention: Attention, speller: Speller, *, ctc: nn.Linear | None = None,
-                 teaching: Teaching | None = None, search: Search | None = None) -> None:
+                 teaching: Teaching | None = None) -> None:
         super().__init__()
         self.listener, self.attention, self.speller, self.ctc = listener, attention, speller, ctc
-        self.teaching, self.search = teaching or Teaching(), search or Search()
+        self.teaching = teaching or Teaching()
         self.time_reduction = listener.time_reduction
         self.sampling = 0.0  # the current scheduled-sampling rate, set by on_step
-        self._lm: UnitLM | None = None
 
     def on_step(self, step: int) -> None:
         t = self.teaching
@@ -308,26 +291,21 @@ class LAS(ASRModel):
             loss = (1 - self.teaching.ctc_weight) * loss + self.teaching.ctc_weight * ctc
         return loss
 
-    def search_name(self) -> str:
-        s = self.search
-        ctc = s.ctc_weight if self.ctc is not None else 0.0
-        lm = s.lm_weight if s.lm_path else 0.0
-        if s.beam_size == 1 and not ctc and not lm:
-            return "greedy"
-        return f"beam {s.beam_size}" + (f" + CTC {ctc:g}" if ctc else "") + (f" + LM {lm:g}" if lm else "")
+    def resolve_search(self, search: SearchOptions) -> SearchOptions:
+        return resolve(search, self.objective, ctc_head=self.ctc is not None)
 
-    def set_search(self, beam_size: int, nbest: int = 1) -> None:
-        """Beam size (1: greedy, unless CTC or LM scores are mixed in) and n-best length of the search; its other
-        settings stay."""
-        self.search = replace(self.search, beam_size=beam_size, nbest=nbest)
+    def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions | None:
+        if self.ctc is None:
+            return None
+        enc, enc_lens = self.listener(feats, feat_lens)
+        return Emissions(F.log_softmax(self.ctc(enc).float(), dim=-1), enc_lens, frame_shift * self.time_reduction)
 
-    def _search(self, feats: torch.Tensor, feat_lens: torch.Tensor,
-                tokenizer: Tokenizer) -> tuple[list[list[Found]], list[int]]:
-        """las.nbest hypotheses per utterance sorted best first by `rank`, and the listener lengths; greedy
-        when beam_size is 1 with neither LM nor CTC scoring."""
-        lm = self._fusion_lm(tokenizer)
-        k, ctc_weight = self.search.beam_size, self.search.ctc_weight if self.ctc is not None else 0.0
-        greedy = k == 1 and lm is None and not ctc_weight
+    def _search(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions,
+                lm: UnitLM | None) -> tuple[list[list[Found]], list[int]]:
+        """search.nbest hypotheses per utterance sorted best first by `rank`, and the listener lengths, for a
+        resolved search: greedy when it is greedy (beam 1 with neither LM nor CTC scoring)."""
+        k = search.beam_size
+        greedy = is_greedy(search)
         enc, enc_lens, memory, state = self._start(feats, feat_lens, repeat=1 if greedy else k)
 
         def step(prev: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -335,66 +313,53 @@ class LAS(ASRModel):
             return F.log_softmax(logits.float(), dim=-1), state
 
         lens = enc_lens.tolist()
-        max_lens = [max(1, math.ceil(self.search.max_len_ratio * n)) for n in lens]
+        max_lens = [max(1, math.ceil(search.max_len_ratio * n)) for n in lens]
         if greedy:
             results = [[f] for f in greedy_search(step, state, max_lens)]
         else:
             scorers: list[Scorer] = []
-            if ctc_weight and self.ctc is not None:  # (mypy)
-                scorers.append(CTCScorer(F.log_softmax(self.ctc(enc).float(), -1), enc_lens, ctc_weight))
-            if lm is not None:
-                scorers.append(LMScorer(lm, self.search.lm_weight))
-            results = beam_search(step, state, max_lens, k, scorers, att_weight=1.0 - ctc_weight)
-        ranked = [sorted(found, key=lambda f: -self.rank(f, n))[: self.search.nbest]
+            if search.ctc_weight and self.ctc is not None:  # (resolve_search refused a weight without a head)
+                scorers.append(CTCScorer(F.log_softmax(self.ctc(enc).float(), -1), enc_lens, search.ctc_weight))
+            if search.lm:
+                if lm is None:
+                    raise ValueError("search.lm is set: pass its LM loaded (asrkit.lm.load_fusion_lm) as `lm`")
+                scorers.append(LMScorer(lm, search.lm_weight))
+            results = beam_search(step, state, max_lens, k, scorers, att_weight=1.0 - search.ctc_weight)
+        ranked = [sorted(found, key=lambda f: -self.rank(f, n, search))[: search.nbest]
                   for found, n in zip(results, lens, strict=True)]
         return ranked, lens
 
-    def rank(self, found: Found, frames: int) -> float:
+    def rank(self, found: Found, frames: int, search: SearchOptions) -> float:
         """The score hypotheses are sorted by: log p / GNMT length penalty + coverage penalty."""
         score = found.score
-        if self.search.length_penalty:
-            score /= ((5 + found.weights.shape[0]) / 6) ** self.search.length_penalty
-        if self.search.coverage_penalty:
+        if search.length_penalty:
+            score /= ((5 + found.weights.shape[0]) / 6) ** search.length_penalty
+        if search.coverage_penalty:
             received = found.weights[:, :, :frames].float().mean(1).sum(0)  # (T',)
-            score += self.search.coverage_penalty * float(received.clamp(1e-6, 1.0).log().sum())
+            score += search.coverage_penalty * float(received.clamp(1e-6, 1.0).log().sum())
         return score
 
-    def _fusion_lm(self, tokenizer: Tokenizer) -> UnitLM | None:
-        """The shallow-fusion LM of las.lm_path, loaded at the first decode that needs it."""
-        if not (self.search.lm_path and self.search.lm_weight):
-            return None
-        if self._lm is None or str(self._lm.path) != self.search.lm_path:
-            self._lm = UnitLM(self.search.lm_path, tokenizer.vocab)
-        return self._lm
-
-    def use_lm(self, lm: UnitLM | None, weight: float) -> None:
-        """Shallow fusion with `lm` (over this model's tokens) from now on; None turns it off."""
-        self._lm = lm
-        self.search = replace(self.search, lm_path=str(lm.path) if lm else "", lm_weight=weight if lm else 0.0)
-
     @torch.no_grad()
-    def decode_nbest(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-                     frame_shift: float = 0.01) -> list[list[Hypothesis]]:
-        """Up to las.nbest hypotheses per utterance, best first; `score` is the ranking score."""
-        results, lens = self._search(feats, feat_lens, tokenizer)
-        return [[Hypothesis(tokenizer.decode(f.tokens), f.tokens, self.rank(f, n)) for f in found]
+    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
+               tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
+        """Up to search.nbest hypotheses per utterance, best first; `score` is the ranking score; `lm`: the unit
+        LM of search.lm (shallow fusion with weight search.lm_weight)."""
+        search = self.resolve_search(search)
+        results, lens = self._search(feats, feat_lens, search, lm)
+        return [[Hypothesis(tokenizer.decode(f.tokens), f.tokens, self.rank(f, n, search)) for f in found]
                 for found, n in zip(results, lens, strict=True)]
 
     @torch.no_grad()
-    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-               frame_shift: float = 0.01) -> list[Hypothesis]:
-        return [nbest[0] for nbest in self.decode_nbest(feats, feat_lens, tokenizer, frame_shift)]
-
-    @torch.no_grad()
-    def align(self, feats: torch.Tensor, feat_lens: torch.Tensor,
-              tokenizer: Tokenizer) -> list[tuple[Hypothesis, torch.Tensor]]:
+    def attention_weights(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None,
+                          *, tokenizer: Tokenizer) -> list[tuple[Hypothesis, torch.Tensor]] | None:
         """The best hypothesis of each utterance and its attention (U', T') over the real listener frames,
         averaged over heads; row i is the step that emitted token i (the last row the EOS, when reached)."""
-        results, lens = self._search(feats, feat_lens, tokenizer)
+        search = self.resolve_search(search)
+        results, lens = self._search(feats, feat_lens, search, lm)
         out = []
         for found, n in zip(results, lens, strict=True):
             best = found[0]
-            hyp = Hypothesis(tokenizer.decode(best.tokens), best.tokens, self.rank(best, n))
+            hyp = Hypothesis(tokenizer.decode(best.tokens), best.tokens, self.rank(best, n, search))
             out.append((hyp, best.weights[:, :, :n].float().mean(1).cpu()))
         return out
 
@@ -412,8 +377,4 @@ def build_las(cfg: LASConfig, n_feats: int, vocab_size: int, listener: EncoderMo
     ctc = nn.Linear(listener.out_dim, vocab_size) if cfg.ctc_weight > 0 else None
     teaching = Teaching(cfg.label_smoothing, cfg.sampling_rate, cfg.sampling_start_step, cfg.sampling_end_step,
                         cfg.ctc_weight)
-    search = Search(cfg.beam_size, cfg.nbest, cfg.length_penalty, cfg.coverage_penalty, cfg.max_len_ratio,
-                    cfg.lm_path, cfg.lm_weight, cfg.ctc_decode_weight)
-    if cfg.ctc_decode_weight and ctc is None:
-        raise ValueError("las.ctc_decode_weight needs the CTC head that las.ctc_weight > 0 trains")
-    return LAS(listener, attention, speller, ctc=ctc, teaching=teaching, search=search)
+    return LAS(listener, attention, speller, ctc=ctc, teaching=teaching)

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from asrkit.data.tokenizer import Tokenizer
-from asrkit.errors import AsrkitError
 from asrkit.models.layers import length_mask
 
+if TYPE_CHECKING:
+    from asrkit.lm import UnitLM
+
 EOS = 0  # also the start-of-sentence input (the blank of CTC models)
-LOG10 = math.log(10.0)  # KenLM scores are log10
-SPACE_WORD = "<sp>"  # the space of a character tokenizer, as a word of a unit LM
 
 State = tuple[torch.Tensor, ...]  # (h (N, L, S), c (N, L, S), context (N, D), weights (N, H, T'))
 
@@ -31,42 +29,6 @@ class Found(NamedTuple):
     tokens: tuple[int, ...]  # without the end of sentence
     score: float  # log-probability; with scorers (1 - w_ctc) x it + w_ctc x CTC prefix score + w_lm x LM
     weights: torch.Tensor  # (U', H, T') attention of each step; U' = len(tokens) + 1 when it ended with EOS
-
-
-def unit_word(piece: str) -> str:
-    """A token as a word of a unit LM: the space of a character tokenizer is SPACE_WORD, other pieces as is."""
-    return SPACE_WORD if piece == " " else piece
-
-
-def unit_sentence(tokenizer: Tokenizer, text: str) -> str:
-    """A transcript as a line of text for a unit LM (e.g. `lmplz -o 8 --discount_fallback < units.txt`)."""
-    return " ".join(unit_word(tokenizer.vocab[i]) for i in tokenizer.encode(text))
-
-
-class UnitLM:
-    """A KenLM n-gram whose words are the model's tokens (see `unit_word`); id 0 scores as the end of sentence."""
-
-    def __init__(self, path: str | Path, vocab: Sequence[str]) -> None:
-        from asrkit.lm import load_kenlm, require_kenlm, resolve_lm
-
-        self.path = resolve_lm(path)
-        self.model = load_kenlm(str(self.path))
-        self.words = ["</s>", *(unit_word(p) for p in vocab[1:])]
-        if not any(w in self.model for w in self.words[1:]):
-            raise AsrkitError(f"{self.path}: none of the model's tokens ({', '.join(self.words[1:6])}, ...) is a word "
-                              "of this LM; a fusion LM must be built over the same units (asrkit.models.las_search."
-                              "unit_sentence writes its text)")
-        self._state = require_kenlm().State
-
-    def start(self) -> Any:
-        state = self._state()
-        self.model.BeginSentenceWrite(state)
-        return state
-
-    def score(self, state: Any, token: int) -> tuple[float, Any]:
-        """Natural-log probability of the token after `state`, and the state after it."""
-        out = self._state()
-        return self.model.BaseScore(state, self.words[token], out) * LOG10, out
 
 
 StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]  # prev (N,) -> log-probs (N, V), state
@@ -101,7 +63,8 @@ def greedy_search(step: StepFn, state: State, max_lens: list[int]) -> list[Found
 
 
 class LMScorer:
-    """Shallow fusion: weight x the unit LM's log-probability of each candidate (EOS scores as </s>)."""
+    """Shallow fusion: weight x the unit LM's log-probability of each candidate (EOS scores as </s>); the LM is
+    an asrkit.lm.UnitLM, loaded once outside the model."""
 
     def __init__(self, lm: UnitLM, weight: float) -> None:
         self.lm, self.weight = lm, weight

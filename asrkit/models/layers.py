@@ -2,20 +2,49 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Protocol
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from asrkit.data.tokenizer import Tokenizer
-from asrkit.records import Batch, Hypothesis
+from asrkit.records import Batch, Emissions, Hypothesis
+from asrkit.search import SearchOptions, resolve
 
 RNNS: dict[str, type[nn.GRU] | type[nn.LSTM]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
+class Stream(Protocol):
+    """One utterance decoded as its normalised feature frames arrive (`ASRModel.start_stream`)."""
+
+    def accept(self, feats: torch.Tensor) -> None:
+        """Feature frames (t, F) of the next stretch of audio."""
+
+    def finish(self) -> None:
+        """End of audio."""
+
+    def best(self) -> tuple[int, ...]:
+        """Tokens of the best hypothesis so far."""
+        ...
+
+    def stable(self) -> tuple[int, ...]:
+        """The token prefix no later audio can change."""
+        ...
+
+    def hypotheses(self, tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[Hypothesis]:
+        """The n-best list, best first; `frame_shift`: the feature hop in seconds."""
+        ...
+
+
 class ASRModel(nn.Module):
-    """The contract of every model family: the trainer and `transcribe` never branch on the family."""
+    """The contract of every model family: the trainer, inference and the CLI never branch on the family, only on
+    what this declares. Decoding is stateless: every setting comes in a SearchOptions, an LM comes loaded."""
 
     time_reduction: int = 1  # feature frames per output frame
+    objective: ClassVar[str] = "ctc"  # ctc | attention | transducer: what its search reads (asrkit.search.SETTINGS)
+    fusion_lm: ClassVar[str] = ""  # the `lm` decode takes: "tokens" (asrkit.lm.UnitLM, shallow fusion) or "" (none;
+    # a CTC model's beam search loads search.lm itself, once per process)
 
     def on_step(self, step: int) -> None:
         """Called by the trainer before every optimiser step, for schedules inside a model (e.g. the
@@ -25,20 +54,36 @@ class ASRModel(nn.Module):
         """Scalar training loss of a padded batch."""
         raise NotImplementedError
 
-    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-               frame_shift: float = 0.01) -> list[Hypothesis]:
-        """Transcripts of (B, T, F) features; `frame_shift` is the feature hop in seconds."""
+    def resolve_search(self, search: SearchOptions) -> SearchOptions:
+        """The search `decode` runs for `search` (asrkit.search.resolve): beam_size 0 made this model's default; a
+        setting it does not read is an AsrkitError that says so."""
+        return resolve(search, self.objective)
+
+    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
+               tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
+        """N-best lists (best first, up to search.nbest) of (B, T, F) features; `lm`: the LM `fusion_lm` names,
+        loaded once by the caller (asrkit.lm.load_fusion_lm); `frame_shift`: the feature hop in seconds."""
         raise NotImplementedError
 
-    def search_name(self) -> str:
-        """How `decode` searches, for reports: "greedy" (CTC), or the model's own search and its settings."""
-        return "greedy"
+    def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions | None:
+        """The CTC head's log-probs (B, T', V), or None for a model without a CTC head."""
+        return None
 
-    def set_search(self, beam_size: int, nbest: int = 1) -> None:
-        """Make `decode` / `decode_nbest` use the model's own search with this beam (1: greedy) and n-best list
-        length, in place of the ones in its config (`asrkit evaluate/transcribe --beam-size/--nbest` on LAS and
-        RNN-T). CTC models have no search of their own: their emissions are beam-searched by asrkit.decoding."""
-        raise NotImplementedError(f"{type(self).__name__} has no search of its own")
+    @property
+    def streaming(self) -> bool:
+        """Can `start_stream` decode audio chunk by chunk?"""
+        return False
+
+    def start_stream(self, search: SearchOptions) -> Stream:
+        """Decoding state for one utterance fed chunk by chunk (where `streaming` is true)."""
+        raise ValueError(f"a {type(self).__name__} cannot stream; train a transducer with its own unidirectional "
+                         "LSTM encoder (transducer.bidirectional = false) to stream")
+
+    def attention_weights(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None,
+                          *, tokenizer: Tokenizer) -> list[tuple[Hypothesis, torch.Tensor]] | None:
+        """The best hypothesis of each utterance and its attention (U', T') over the encoder frames, for
+        `--plot-attention`; None for a model without attention."""
+        return None
 
 
 class EncoderModule(nn.Module):
@@ -48,6 +93,7 @@ class EncoderModule(nn.Module):
     n_feats: int  # F
     out_dim: int  # D
     time_reduction: int  # T / T'
+    streaming: bool = False  # runs chunk by chunk (init_stream, step)
 
     def init_stream(self, device: torch.device) -> list:
         raise ValueError(f"a {type(self).__name__} needs the whole utterance and cannot stream; train a transducer "

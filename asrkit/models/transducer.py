@@ -40,9 +40,9 @@ from asrkit.data.tokenizer import Tokenizer
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
 from asrkit.models.transducer_search import BLANK, BeamSearch, GreedySearch, to_hypothesis
 from asrkit.records import Batch, Hypothesis
+from asrkit.search import SearchOptions
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers * directions, N, H)
-SEARCHES = ("greedy", "beam")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -126,6 +126,7 @@ class Encoder(EncoderModule):
         self.n_feats = n_feats
         self.out_dim = dim
         self.bidirectional = bidirectional
+        self.streaming = not bidirectional
         self.time_reduction = input_stack * time_reduction
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,22 +310,15 @@ def joint_loss(joiner: Joiner, enc: torch.Tensor, enc_lens: torch.Tensor, pred: 
 class Transducer(ASRModel):
     """RNN-T composed of an encoder, a prediction network and a joint network (see the module docstring)."""
 
-    def __init__(self, encoder: EncoderModule, predictor: Predictor, joiner: Joiner, *, decoding: str = "greedy",
-                 beam_size: int = 4, nbest: int = 1, max_symbols: int = 8,
+    objective = "transducer"
+
+    def __init__(self, encoder: EncoderModule, predictor: Predictor, joiner: Joiner, *,
                  joint_max_elements: int = 50_000_000) -> None:
         super().__init__()
-        if decoding not in SEARCHES:
-            raise ValueError(f"unknown decoding {decoding!r}; valid: {', '.join(SEARCHES)}")
-        if beam_size < 1 or not 1 <= nbest <= beam_size:
-            raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got beam_size {beam_size}, "
-                             f"nbest {nbest}")
-        if max_symbols < 1:
-            raise ValueError(f"max_symbols must be at least 1, got {max_symbols}")
         if joint_max_elements < 1:
             raise ValueError(f"joint_max_elements must be positive, got {joint_max_elements}")
         self.encoder, self.predictor, self.joiner = encoder, predictor, joiner
         self.time_reduction = encoder.time_reduction
-        self.decoding, self.beam_size, self.nbest, self.max_symbols = decoding, beam_size, nbest, max_symbols
         self.joint_max_elements = joint_max_elements
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -335,45 +329,41 @@ class Transducer(ASRModel):
                            self.joint_max_elements)
         return total / len(batch.ids)
 
-    def search_name(self) -> str:
-        return "greedy" if self.decoding == "greedy" else f"beam {self.beam_size}"
-
-    def set_search(self, beam_size: int, nbest: int = 1) -> None:
-        if beam_size < 1 or not 1 <= nbest <= beam_size:
-            raise ValueError(f"need beam size >= 1 (1: greedy) and 1 <= nbest <= beam size, got {beam_size}, {nbest}")
-        self.decoding, self.beam_size = ("greedy" if beam_size == 1 else "beam"), beam_size
-        self.nbest = nbest
-
-    def new_search(self, batch: int, device: torch.device) -> GreedySearch | BeamSearch:
-        if self.decoding == "greedy":
-            return GreedySearch(self.predictor, self.joiner, batch, self.max_symbols, device)
-        return BeamSearch(self.predictor, self.joiner, self.beam_size, self.max_symbols, device)
+    def new_search(self, batch: int, device: torch.device, search: SearchOptions,
+                   lm: Any = None) -> GreedySearch | BeamSearch:
+        """Greedy search of a batch (resolved beam 1), or the beam search of one utterance. `lm` and
+        search.lm_weight are for word-LM shallow fusion in the beam search (not wired in yet: `resolve_search`
+        refuses decode.lm for a transducer)."""
+        if search.beam_size == 1:
+            return GreedySearch(self.predictor, self.joiner, batch, search.max_symbols, device)
+        return BeamSearch(self.predictor, self.joiner, search.beam_size, search.max_symbols, device)
 
     @torch.no_grad()
-    def decode_nbest(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-                     frame_shift: float = 0.01, nbest: int | None = None) -> list[list[Hypothesis]]:
-        """Up to `nbest` (default: the configured nbest) hypotheses per utterance, best first."""
+    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
+               tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
+        """Up to search.nbest hypotheses per utterance, best first."""
+        search = self.resolve_search(search)
         enc, enc_lens = self.encoder(feats, feat_lens)
         enc_j = self.joiner.enc_proj(enc)  # (B, T', J)
         shift = frame_shift * self.time_reduction
-        if self.decoding == "greedy":
-            search = self.new_search(len(enc_j), enc_j.device)
-            search.advance(enc_j, enc_lens)
-            return [[to_hypothesis(search.paths(b)[0], tokenizer, shift)] for b in range(len(enc_j))]
+        if search.beam_size == 1:
+            greedy = self.new_search(len(enc_j), enc_j.device, search, lm)
+            greedy.advance(enc_j, enc_lens)
+            return [[to_hypothesis(greedy.paths(b)[0], tokenizer, shift)] for b in range(len(enc_j))]
         out = []
         for b in range(len(enc_j)):
-            search = self.new_search(1, enc_j.device)
-            search.advance(enc_j[b : b + 1, : int(enc_lens[b])])
-            out.append([to_hypothesis(p, tokenizer, shift) for p in search.paths()[: nbest or self.nbest]])
+            beam = self.new_search(1, enc_j.device, search, lm)
+            beam.advance(enc_j[b : b + 1, : int(enc_lens[b])])
+            out.append([to_hypothesis(p, tokenizer, shift) for p in beam.paths()[: search.nbest]])
         return out
 
-    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokenizer: Tokenizer,
-               frame_shift: float = 0.01) -> list[Hypothesis]:
-        return [hyps[0] for hyps in self.decode_nbest(feats, feat_lens, tokenizer, frame_shift, nbest=1)]
+    @property
+    def streaming(self) -> bool:
+        return self.encoder.streaming
 
-    def start_stream(self) -> TransducerStream:
+    def start_stream(self, search: SearchOptions) -> TransducerStream:
         """Decoding state for one utterance fed chunk by chunk (unidirectional encoders only)."""
-        return TransducerStream(self)
+        return TransducerStream(self, self.resolve_search(search))
 
 
 class TransducerStream:
@@ -381,11 +371,11 @@ class TransducerStream:
     frames its stacking layers have not used yet; the search is frame-synchronous, so whole-utterance and
     chunk-by-chunk decoding follow the same steps."""
 
-    def __init__(self, model: Transducer) -> None:
-        self.model = model
+    def __init__(self, model: Transducer, search: SearchOptions) -> None:
+        self.model, self.nbest = model, search.nbest
         self.device = next(model.parameters()).device
         self.state = model.encoder.init_stream(self.device)
-        self.search = model.new_search(1, self.device)
+        self.search = model.new_search(1, self.device, search)
         self.finished = False
 
     @torch.no_grad()
@@ -415,7 +405,7 @@ class TransducerStream:
     def stable(self) -> tuple[int, ...]:
         return self.search.stable()
 
-    def hypotheses(self, tokenizer: Tokenizer, frame_shift: float = 0.01, nbest: int | None = None) -> list[Hypothesis]:
-        """`frame_shift`: the feature hop in seconds."""
+    def hypotheses(self, tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[Hypothesis]:
+        """The n-best list (search.nbest), best first; `frame_shift`: the feature hop in seconds."""
         shift = frame_shift * self.model.time_reduction
-        return [to_hypothesis(p, tokenizer, shift) for p in self.search.paths()[: nbest or self.model.nbest]]
+        return [to_hypothesis(p, tokenizer, shift) for p in self.search.paths()[: self.nbest]]

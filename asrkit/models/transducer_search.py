@@ -18,6 +18,7 @@ from asrkit.decoding import word_timings
 from asrkit.records import Hypothesis
 
 if TYPE_CHECKING:  # the model's modules, for the type hints only (transducer.py imports this file)
+    from asrkit.models.fusion import Fused, WordFusion
     from asrkit.models.transducer import Joiner, LSTMState, Predictor
 
 BLANK = 0  # also the predictor's start symbol
@@ -81,9 +82,11 @@ class GreedySearch:
 class _Hyp:
     tokens: tuple[int, ...]
     frames: tuple[int, ...]
-    score: float
+    score: float  # log p_model(tokens | frames so far)
     pred_j: torch.Tensor  # (J,) projected predictor output after `tokens`
     state: LSTMState  # predictor state after `tokens`, each (L, 1, P)
+    fused: Fused | None = None  # the word LM's side of `tokens` (shallow fusion), None without an LM
+    lm: float = 0.0  # its weighted score (WordFusion.value), part of the ranking
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -96,16 +99,27 @@ class BeamSearch:
     may grow by up to `max_symbols` tokens; hypotheses that end the frame with the same tokens are merged (their
     probabilities add), and the `beam` best are kept. Expansion in a frame stops once no new hypothesis could
     enter the beam. Every hypothesis ends a frame with a blank, so `max_symbols` must cover the longest burst the
-    model emits in one frame (characters at 60 ms frames: a whole word); greedy search instead moves on."""
+    model emits in one frame (characters at 60 ms frames: a whole word); greedy search instead moves on.
+
+    With `fusion` (a word LM, asrkit.models.fusion), hypotheses are ranked by the model's score plus the LM's
+    weighted score of their words (shallow fusion); merged hypotheses share their tokens, hence their LM score."""
 
     def __init__(self, predictor: Predictor, joiner: Joiner, beam: int, max_symbols: int,
-                 device: torch.device) -> None:
+                 device: torch.device, fusion: WordFusion | None = None) -> None:
         if beam < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam}")
         self.predictor, self.joiner, self.beam_size, self.max_symbols = predictor, joiner, beam, max_symbols
+        self.fusion = fusion
         out, state = predictor.step(torch.full((1,), BLANK, dtype=torch.long, device=device), None)
-        self.beam = [_Hyp((), (), 0.0, joiner.pred_proj(out)[0], state)]
+        fused = fusion.start() if fusion is not None else None
+        self.beam = [_Hyp((), (), 0.0, joiner.pred_proj(out)[0], state, fused)]
         self.t = 0
+
+    def _extend_lm(self, h: _Hyp, token: int) -> tuple[Fused | None, float]:
+        if self.fusion is None or h.fused is None:
+            return None, 0.0
+        fused = self.fusion.extend(h.fused, token)
+        return fused, self.fusion.value(fused)
 
     def advance(self, enc_j: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
         """Consume projected encoder frames (1, t, J) (`lengths`: absolute, frames at or past it are skipped)."""
@@ -126,33 +140,43 @@ class BeamSearch:
                 old = ended.get(h.tokens)
                 score = h.score + lp
                 if old is None:
-                    ended[h.tokens] = _Hyp(h.tokens, h.frames, score, h.pred_j, h.state)
+                    ended[h.tokens] = _Hyp(h.tokens, h.frames, score, h.pred_j, h.state, h.fused, h.lm)
                 else:  # the same tokens by another alignment: add the probabilities, keep the better timing
                     frames = old.frames if old.score >= score else h.frames
-                    ended[h.tokens] = _Hyp(h.tokens, frames, _logaddexp(old.score, score), h.pred_j, h.state)
+                    ended[h.tokens] = _Hyp(h.tokens, frames, _logaddexp(old.score, score), h.pred_j, h.state,
+                                           h.fused, h.lm)
             if v == self.max_symbols or vocab == 1:
                 break
             top_logp, top_tok = logp[:, 1:].topk(min(self.beam_size, vocab - 1), dim=-1)  # (N, k)
-            grown = sorted(((h.score + float(lp), n, int(tok) + 1) for n, h in enumerate(current)
-                            for lp, tok in zip(top_logp[n].tolist(), top_tok[n].tolist(), strict=True)),
-                           reverse=True)[: self.beam_size]
+            candidates = []  # (ranking score, parent, token, model score, LM state, LM score)
+            for n, h in enumerate(current):
+                for lp, tok in zip(top_logp[n].tolist(), top_tok[n].tolist(), strict=True):
+                    fused, lm = self._extend_lm(h, tok + 1)
+                    candidates.append((h.score + lp + lm, n, tok + 1, h.score + lp, fused, lm))
+            grown = sorted(candidates, key=lambda g: g[0], reverse=True)[: self.beam_size]
             if len(ended) >= self.beam_size:
-                floor = sorted((h.score for h in ended.values()), reverse=True)[self.beam_size - 1]
+                floor = sorted((h.score + h.lm for h in ended.values()), reverse=True)[self.beam_size - 1]
                 grown = [g for g in grown if g[0] > floor]  # further growth only lowers a score
             if not grown:
                 break
-            tokens = torch.tensor([tok for _, _, tok in grown], device=enc_t.device)
-            parents = [current[n] for _, n, _ in grown]
+            tokens = torch.tensor([g[2] for g in grown], device=enc_t.device)
+            parents = [current[g[1]] for g in grown]
             state = tuple(torch.cat([p.state[k] for p in parents], dim=1) for k in range(2))
             out, (h_new, c_new) = self.predictor.step(tokens, state)  # type: ignore[arg-type]
             proj = self.joiner.pred_proj(out)  # (N', J)
             current = [_Hyp(p.tokens + (tok,), p.frames + (t,), score, proj[j],
-                            (h_new[:, j : j + 1], c_new[:, j : j + 1]))
-                       for j, ((score, _, tok), p) in enumerate(zip(grown, parents, strict=True))]
-        self.beam = sorted(ended.values(), key=lambda h: h.score, reverse=True)[: self.beam_size]
+                            (h_new[:, j : j + 1], c_new[:, j : j + 1]), fused, lm)
+                       for j, ((_, _, tok, score, fused, lm), p) in enumerate(zip(grown, parents, strict=True))]
+        self.beam = sorted(ended.values(), key=lambda h: h.score + h.lm, reverse=True)[: self.beam_size]
 
     def paths(self, b: int = 0) -> list[Path]:
-        return [Path(h.tokens, h.frames, h.score) for h in self.beam]
+        """The beam's hypotheses, best first; with an LM, scored and ranked with their words completed and </s>."""
+        if self.fusion is None:
+            return [Path(h.tokens, h.frames, h.score) for h in self.beam]
+        fusion = self.fusion
+        scored = [Path(h.tokens, h.frames, h.score + fusion.final(h.fused))  # type: ignore[arg-type]
+                  for h in self.beam]
+        return sorted(scored, key=lambda p: p.score, reverse=True)
 
     def stable(self, b: int = 0) -> tuple[int, ...]:
         """The longest token prefix all hypotheses in the beam share: whatever wins extends it."""

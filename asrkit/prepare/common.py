@@ -1,7 +1,8 @@
 """What every corpus preparer shares: the result record, parallel duration measurement, writing the outputs.
 
 A preparer collects `Utterance`s per split and a `Failure` for every input it could not use, then
-calls `finish`, which writes `<split>.jsonl` manifests and `skipped.tsv` so nothing is lost without a word.
+calls `finish`, which writes `<split>.jsonl` manifests and `skipped.tsv` so nothing is lost without a word, and
+`normaliser.json`, the name of the text normaliser the transcripts went through (for training and `lm build`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TextIO
 
 from asrkit.data.audio import audio_info
 from asrkit.data.manifest import write_manifest
+from asrkit.data.text import write_normaliser
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.io import atomic_open
 from asrkit.progress import say
@@ -199,8 +201,11 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
         yield lambda: bar.update(task, advance=1)
 
 
-def finish(out_dir: Path, splits: dict[str, list[Utterance]], skipped: list[Failure]) -> PrepareResult:
-    """Write `<split>.jsonl` per non-empty split and `skipped.tsv` (or remove a stale one); return the result.
+def finish(out_dir: Path, splits: dict[str, list[Utterance]], skipped: list[Failure], *,
+           normaliser: str = "default") -> PrepareResult:
+    """Write `<split>.jsonl` per non-empty split, `normaliser.json` (the name of the text normaliser in
+    asrkit.data.text.NORMALISERS that the transcripts went through) and `skipped.tsv` (or remove a stale one);
+    return the result.
 
     An empty split writes no manifest (and removes a stale one). Raises `AsrkitError` if every split is empty.
     """
@@ -214,6 +219,7 @@ def finish(out_dir: Path, splits: dict[str, list[Utterance]], skipped: list[Fail
     if not any(splits.values()):
         hint = f"; see {out_dir / SKIPPED_FILE} for why each input was skipped" if skipped else ""
         raise AsrkitError(f"no usable utterances in {out_dir}: {len(skipped)} input(s) skipped{hint}")
+    write_normaliser(out_dir, normaliser)  # first: an unknown name stops before any manifest is written
     for name, utts in splits.items():
         manifest = out_dir / f"{name}.jsonl"
         if utts:

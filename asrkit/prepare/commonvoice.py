@@ -22,18 +22,17 @@ right rate is kept, so a rerun converts only what is missing. Clips are dropped,
 text is empty after normalisation, the path repeats one already used, or the duration is outside
 [`min_duration`, `max_duration`].
 
-Text normalisation (`normalize_sentence`): Unicode NFKC, typographic apostrophes to `'`, lower case
-(casefold for English), punctuation and symbols to spaces, apostrophes kept inside words. `LANGUAGES` lists
-each language's letters; English folds accents first (café -> cafe) and spells æ, œ as ae, oe. Other
-languages keep any Unicode letter.
+Text normalisation (`normalize_sentence`): the named normaliser commonvoice-<language> of
+asrkit.data.text.NORMALISERS (recorded in out_dir/normaliser.json): Unicode NFKC, typographic apostrophes to `'`,
+lower case (casefold for English), punctuation and symbols to spaces, apostrophes kept inside words; each of
+de, en, es, fr, it has its letters, and English folds accents first (café -> cafe) and spells æ, œ as ae, oe.
+Other languages (normaliser commonvoice) keep any Unicode letter.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import string
-import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from asrkit.data.audio import audio_info, load_audio
+from asrkit.data.text import NORMALISERS, get_normaliser
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.io import atomic_path
 from asrkit.prepare.common import PrepareResult, check_writable, finish, progress_bar
@@ -50,27 +50,6 @@ from asrkit.records import Failure, Utterance
 
 SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")  # the release's TSV files
 HELD_OUT_SHARE = 0.1  # validated.tsv fallback: share of speakers for dev and for test
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u02bc": "'", "\u00b4": "'"})
-
-
-@dataclass(frozen=True)
-class LanguageRule:
-    """How a language's text is normalised: its letters after lower-casing (None: any Unicode letter)."""
-
-    letters: str | None
-    fold_accents: bool = False  # drop diacritics first (café -> cafe) so loanwords fit `letters`
-    casefold: bool = False  # str.casefold instead of str.lower
-    spell: tuple[tuple[str, str], ...] = ()  # letters written out after lower-casing (æ -> ae)
-
-
-LANGUAGES: dict[str, LanguageRule] = {
-    "en": LanguageRule(string.ascii_lowercase, fold_accents=True, casefold=True, spell=(("æ", "ae"), ("œ", "oe"))),
-    "de": LanguageRule(string.ascii_lowercase + "äöüß"),
-    "es": LanguageRule(string.ascii_lowercase + "áéíñóúü"),
-    "fr": LanguageRule(string.ascii_lowercase + "àâæçéèêëîïôœùûüÿ"),
-    "it": LanguageRule(string.ascii_lowercase + "àèéìíîòóùú"),
-}
-ANY_LETTERS = LanguageRule(None)  # every language not in LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -105,7 +84,7 @@ def prepare(cv_dir: Path, out_dir: Path, *, lang: str = "en", splits: Sequence[s
                                    reason=f"duration {duration:.2f} s outside [{min_duration}, {max_duration}] s"))
             continue
         result[row.split].append(Utterance(row.clip.stem, str(flac.resolve()), duration, text, row.speaker))
-    return finish(out_dir, result, skipped)
+    return finish(out_dir, result, skipped, normaliser=normalizer_name(lang))
 
 
 def check_mp3_support() -> None:
@@ -264,41 +243,22 @@ def _filter_rows(rows: list[_Row], lang: str, min_upvotes: int,
     return kept
 
 
+def normalizer_name(lang: str) -> str:
+    """The named normaliser (asrkit.data.text.NORMALISERS) of a Common Voice locale: commonvoice-<language> where
+    the language has its own rule, else commonvoice (any Unicode letter)."""
+    name = f"commonvoice-{lang.split('-')[0].lower()}"
+    return name if name in NORMALISERS else "commonvoice"
+
+
 def normalize_sentence(text: str, lang: str) -> tuple[str, str | None]:
     """(normalised text, None), or ("", reason) when the sentence cannot be used for `lang`.
 
     >>> normalize_sentence("\u201cCaf\u00e9s,\u201d she said \u2014 it\u2019s late!", "en")
     ("cafes she said it's late", None)
     """
-    rule = LANGUAGES.get(lang.split("-")[0].lower(), ANY_LETTERS)
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
-    text = text.casefold() if rule.casefold else text.lower()
-    for letter, spelled in rule.spell:
-        text = text.replace(letter, spelled)
-    if rule.fold_accents:
-        decomposed = unicodedata.normalize("NFKD", text)
-        text = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
-    chars: list[str] = []
-    foreign: set[str] = set()
-    digits: set[str] = set()
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if ch == "'":
-            chars.append(ch)
-        elif cat[0] in "LM" and (rule.letters is None or ch in rule.letters):
-            chars.append(ch)
-        elif cat[0] in "LM":
-            foreign.add(ch)
-        elif cat[0] == "N":
-            digits.add(ch)
-        else:
-            chars.append(" ")
-    if foreign:
-        return "", f"letters outside the {lang} alphabet: {' '.join(sorted(foreign))}"
-    if digits:
-        return "", f"digits {' '.join(sorted(digits))} in the text (their spoken form is unknown)"
-    words = [w.strip("'") for w in "".join(chars).split()]
-    normalised = " ".join(w for w in words if w)
+    normalised, problem = get_normaliser(normalizer_name(lang))(text)
+    if problem:
+        return "", problem
     return (normalised, None) if normalised else ("", "empty text after normalisation")
 
 

@@ -4,12 +4,15 @@
 #   ./run.sh [--stage N] [--stop-stage N] [--model ds2|las|rnnt] [--an4-dir DIR] [--dev-speakers N]
 #            [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm] [--lm-order N]
 #            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
+#            [--extra-data DIR ...]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
 #   0 prepare   asrkit prepare an4: train (minus --dev-speakers speakers -> dev), test when the corpus has it
 #   1 check     manifest summary (utterances, hours, speakers) -> $data/summary.txt. There is no tokenizer
 #               stage: `asrkit train` trains the tokenizer of $conf's [tokenizer] (chars or sentencepiece)
 #               on train.jsonl and stores it in the checkpoint.
-#   2 train     asrkit train $conf -> $exp (resumes an interrupted run)
+#   2 train     asrkit train $conf -> $exp (resumes an interrupted run); with --extra-data DIR (repeatable:
+#               a prepared corpus, a folder with train.jsonl and optionally dev.jsonl) on the union of $data
+#               and those corpora (asrkit train --data $data --data DIR ...). LM and decoding stay on $data.
 #   3 lm        word n-gram of the training transcripts -> $data/lm/train_<order>gram.bin
 #               (needs `asrkit lm build` and KenLM's lmplz; skipped with a message otherwise or with --no-lm)
 #   4 decode    asrkit evaluate on dev and test: without an LM (nolm: CTC greedy; LAS / RNN-T
@@ -26,10 +29,12 @@ set -euo pipefail
 
 an4_dir=${AN4_DIR:-../../../shared/data/an4}
 dev_speakers=5
+extra_data=()  # --data options added to stage 2's asrkit train
 while [ $# -gt 0 ]; do
   case "$1" in
     --an4-dir) an4_dir=$2; shift 2 ;;
     --dev-speakers) dev_speakers=$2; shift 2 ;;
+    --extra-data) extra_data+=(--data "$2"); shift 2 ;;
     *) common_option "$@"; shift "$nargs" ;;
   esac
 done
@@ -49,7 +54,7 @@ if run_stage 0; then
 fi
 
 if run_stage 1; then stage_check 1 "$data"/*.jsonl; fi
-if run_stage 2; then stage_train 2 --no-progress; fi
+if run_stage 2; then stage_train 2 --no-progress "${extra_data[@]}"; fi
 if run_stage 3; then stage_lm 3 "$data/train.jsonl"; fi
 
 if run_stage 4; then
