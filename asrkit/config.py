@@ -100,6 +100,11 @@ class LASConfig:
     sampling_start_step: int = 0  # the chance ramps linearly from 0 at this optimiser step ...
     sampling_end_step: int = 2000  # ... to sampling_rate at this one
     ctc_weight: float = 0.0  # CTC head on the listener: loss = (1 - w) attention + w CTC; 0 = no head
+    decoder: str = "lstm"  # lstm (the speller and attention above) | transformer (the keys below)
+    decoder_dim: int = 256  # transformer decoder width
+    decoder_layers: int = 3  # transformer decoder layers
+    decoder_heads: int = 4  # transformer decoder attention heads (self and cross)
+    decoder_ff: int = 1024  # transformer decoder feed-forward width
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,7 @@ CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("encoder", "conv_norm"): ("layer", "batch"),
     ("encoder", "subsampling"): (4, 6, 8),
     ("las", "attention"): ("dot", "additive", "location"),
+    ("las", "decoder"): ("lstm", "transformer"),
     ("train", "optimizer"): ("adamw", "sgd"),
     ("train", "precision"): ("auto", "bf16", "fp32"),
     ("train", "features_on"): ("auto", "device", "workers"),

@@ -4,15 +4,20 @@ Checks of the train config; EXP made (or found, for --resume) and proven writabl
 with the checkpoint's; training utterances too long for a batch set aside with their reason; the tokenizer and the
 feature statistics fitted on the training set (rank 0 alone, handed to the others as plain values); dev text the
 tokenizer cannot spell announced. `train.fit` calls these in that order, after `load_data` has read the --data
-corpora (one or several folders: the union of their train.jsonl, and of their dev.jsonl).
+corpora (one or several folders: the union of their train.jsonl, and of their dev.jsonl). Then how the loop uses
+the machine: CPU threads, the optimiser, bf16 autocast, torch.compile of the blocks a model declares, TensorBoard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from asrkit.config import Config
 from asrkit.data.audio import load_utterance
@@ -22,6 +27,7 @@ from asrkit.data.text import NORMALISER_FILE, read_normaliser
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.io import atomic_write
+from asrkit.models.layers import ASRModel
 from asrkit.progress import Progress, say
 from asrkit.records import Utterance
 
@@ -270,3 +276,73 @@ def _fit_featurizer(cfg: Config, utts: list[Utterance], progress: bool, skipped:
 def write_lines(path: Path, lines: list[str]) -> None:
     """Rewrite a small text file atomically (`atomic_write`: temp file + fsync + rename)."""
     atomic_write(path, "".join(line + "\n" for line in lines))
+
+
+def set_cpu_threads(device: torch.device, num_workers: int, world: int) -> None:
+    """On the CPU, leave a core to each loader worker and share the rest between ranks: OpenMP threads that
+    outnumber the cores spin against each other and run several times slower. OMP_NUM_THREADS wins."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - num_workers * world) // max(world, 1)))
+
+
+def make_optimizer(cfg: Config, model: ASRModel) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adamw":  # fused (one kernel for all parameters) when they are all on a GPU
+        fused = all(p.is_cuda for p in model.parameters()) or None
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
+                               weight_decay=t.weight_decay)
+    raise AsrkitError(f"unknown train.optimizer {t.optimizer!r}; valid: adamw, sgd")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The saved optimiser state, keeping this run's implementation choice (fused on a GPU; a checkpoint
+    written on a GPU can resume on the CPU and the other way round)."""
+    chosen: list[dict[str, Any]] = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keys in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(keys)
+
+
+def cpu_has_bf16() -> bool:
+    """Does this CPU compute in bf16 natively (AVX512-BF16 or AMX)? Without, autocast emulates it."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume it can
+        return True
+
+
+def autocast(precision: str, device: torch.device, say_: Callable[[str], None]) -> AbstractContextManager[Any]:
+    """train.precision's context for the forward pass: bf16 autocast ("auto": on CUDA only), else nothing."""
+    if not (precision == "bf16" or (precision == "auto" and device.type == "cuda")):
+        return nullcontext()
+    if device.type == "cpu" and not cpu_has_bf16():
+        say_("warning: train.precision = bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated, 10-50x "
+             "slower than fp32, and can fail in LSTMs; set train.precision = fp32 (or auto)")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def compile_model(model: ASRModel, device: torch.device, say_: Callable[[str], None]) -> None:
+    """train.compile: torch.compile, in place (state_dict keys do not change) and with dynamic shapes, of the blocks
+    the model declares (`ASRModel.compile_blocks`), on CUDA."""
+    blocks = model.compile_blocks()
+    if not blocks:
+        say_(f"note: train.compile: this model ({type(model).__name__}) has no blocks to compile; training runs "
+             "uncompiled")
+    elif device.type != "cuda":  # seen with torch 2.14: a recompilation for nearly every new batch length
+        say_("note: train.compile applies on CUDA only (on the CPU, inductor recompiles the convolutions for new "
+             "batch lengths); training runs uncompiled")
+    else:
+        for block in blocks:
+            block.compile(dynamic=True)
+
+
+def tensorboard(log_dir: Path) -> Any:
+    """A SummaryWriter into log_dir, or None (with a note) where tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        say("note: tensorboard is not installed; no TensorBoard scalars will be written")
+        return None
+    return SummaryWriter(str(log_dir))

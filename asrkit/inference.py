@@ -92,7 +92,7 @@ def prepare_search(loaded: Loaded, search: SearchOptions | None = None, lm: Any 
     except AsrkitError as err:
         raise AsrkitError(f"{loaded.path}: {err}") from None
     if lm is None:
-        lm = load_fusion_lm(search.lm, loaded.model.fusion_lm, loaded.tokenizer.vocab)
+        lm = load_fusion_lm(search.lm, loaded.model.fusion_units(search), loaded.tokenizer.vocab)
     return search, lm
 
 

@@ -7,8 +7,9 @@ that says which models read it (`resolve`). The models are stateless: `ASRModel.
 search, lm)`.
 
     CTC          greedy (best path), or beam search over the emissions with a KenLM word n-gram (asrkit.decoding)
-    attention    greedy or beam search of the attention decoder, joint CTC scoring, unit-LM shallow fusion
-    transducer   greedy or time-synchronous beam search
+    attention    greedy or beam search of the attention decoder, joint CTC scoring, LM shallow fusion (a unit LM
+                 over the model's tokens, or a word n-gram)
+    transducer   greedy or time-synchronous beam search, word-LM shallow fusion
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from asrkit.errors import AsrkitError
 BACKENDS = ("flashlight", "asrkit", "pyctcdecode")
 CTC_BEAM = 32  # CTC beam search's beam when beam_size is 0 (measured in bench/ctc_decode.py)
 DEFAULT_BEAMS = {"ctc": 1, "attention": 4, "transducer": 1}  # beam_size 0: this (CTC: CTC_BEAM with an LM)
+FUSION_BEAM = 8  # the transducer's beam when beam_size is 0 and a fusion LM is set
+LM_UNITS = ("", "tokens", "words")
 CTC_LM_KEYS = ("lm", "alpha", "beta", "beam_prune_logp", "token_min_logp", "token_top_k", "lm_lookahead",
                "prune_history", "hotwords", "hotword_weight", "unk_score_offset", "backend")
 SETTINGS: dict[str, tuple[str, ...]] = {  # the settings each objective's search reads
     "ctc": ("beam_size", "nbest", *CTC_LM_KEYS),
-    "attention": ("beam_size", "nbest", "lm", "lm_weight", "length_penalty", "coverage_penalty", "max_len_ratio",
-                  "ctc_weight"),
-    "transducer": ("beam_size", "nbest", "max_symbols"),  # lm / lm_weight once word-LM fusion is wired in
+    "attention": ("beam_size", "nbest", "lm", "lm_weight", "lm_units", "lm_bonus", "length_penalty",
+                  "coverage_penalty", "max_len_ratio", "ctc_weight"),
+    "transducer": ("beam_size", "nbest", "max_symbols", "lm", "lm_weight", "lm_units", "lm_bonus"),
 }
 
 
@@ -60,6 +63,9 @@ class SearchOptions:
     max_len_ratio: float = 2.0  # at most this many output tokens per encoder frame
     ctc_weight: float = 0.0  # joint decoding: (1 - w) attention + w CTC prefix score (needs the model's CTC head)
     lm_weight: float = 0.0  # shallow fusion: weight of the `lm` log-probability (0 = no fusion)
+    lm_units: str = ""  # shallow fusion: the LM's words are "tokens" (a unit LM) or "words" ("": attention tokens,
+    # transducer words); a word LM is scored as words complete (asrkit.models.fusion)
+    lm_bonus: float = 0.0  # shallow fusion with a word LM: score added per word
     # the transducer
     max_symbols: int = 8  # most tokens per encoder frame; >= the longest burst the model emits (chars: 5-8)
 
@@ -91,6 +97,10 @@ class SearchOptions:
             raise AsrkitError(f"max_len_ratio {self.max_len_ratio} must be positive")
         if not 0.0 <= self.ctc_weight < 1.0:
             raise AsrkitError(f"ctc_weight {self.ctc_weight} must be in [0, 1) (0: attention scores alone)")
+        if self.lm_units not in LM_UNITS:
+            raise AsrkitError(f"unknown lm_units {self.lm_units!r}; valid: '', tokens, words")
+        if not math.isfinite(self.lm_bonus):
+            raise AsrkitError(f"lm_bonus {self.lm_bonus} must be a finite number")
         if self.max_symbols < 1:
             raise AsrkitError(f"max_symbols {self.max_symbols} must be at least 1")
 
@@ -139,10 +149,12 @@ def resolve(search: SearchOptions, objective: str, ctc_head: bool = False) -> Se
         raise AsrkitError(f"decode setting(s) {', '.join(ignored)} set, but a model with the {objective} objective "
                           f"does not read them (they apply to {' and '.join(readers) or 'no'} models); "
                           "drop them or decode another model")
-    if objective == "attention":
-        if search.ctc_weight and not ctc_head:
-            raise AsrkitError(f"ctc_weight {search.ctc_weight:g} (joint CTC decoding) needs the CTC head that "
-                              "las.ctc_weight > 0 trains; this model has none: set decode.ctc_weight = 0")
+    if objective == "attention" and search.ctc_weight and not ctc_head:
+        raise AsrkitError(f"ctc_weight {search.ctc_weight:g} (joint CTC decoding) needs the CTC head that "
+                          "las.ctc_weight > 0 trains; this model has none: set decode.ctc_weight = 0")
+    if objective == "transducer" and search.lm_units == "tokens":
+        raise AsrkitError("a transducer fuses a word LM (decode.lm_units = \"words\"), not a unit LM")
+    if objective in ("attention", "transducer"):
         if bool(search.lm) != bool(search.lm_weight):
             raise AsrkitError("shallow fusion needs both an LM (--lm / decode.lm) and its weight "
                               f"(decode.lm_weight, now {search.lm_weight:g}); set both, or neither")
@@ -151,6 +163,8 @@ def resolve(search: SearchOptions, objective: str, ctc_head: bool = False) -> Se
         beam = DEFAULT_BEAMS[objective]
         if objective == "ctc" and (search.lm or search.hotwords or search.nbest > 1):
             beam = CTC_BEAM
+        if objective == "transducer" and search.lm:
+            beam = FUSION_BEAM
         beam = max(beam, search.nbest)
     return replace(search, beam_size=beam)
 

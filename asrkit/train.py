@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -45,7 +44,8 @@ from asrkit.errors import AsrkitError
 from asrkit.evaluate import score
 from asrkit.inference import decode_utterances
 from asrkit.io import atomic_path
-from asrkit.models import ASRModel, build_model
+from asrkit.models import build_model
+from asrkit.models.layers import ASRModel
 from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.schedule import learning_rate
@@ -76,7 +76,7 @@ def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str |
     train_utts, too_long = experiment.drop_too_long(data.train, cfg.train.max_duration, data.manifests("train"))
     dev_utts = data.dev
     group = Group.start(cfg.train.device)
-    _set_cpu_threads(group.device, cfg.train.num_workers, group.world)
+    experiment.set_cpu_threads(group.device, cfg.train.num_workers, group.world)
     for note in data.notes if group.main else []:
         say(note)
     if too_long and group.main:
@@ -100,9 +100,9 @@ def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str |
         state["data"] = data.sources  # the checkpoints record it: --resume must train on the same folders
         if group.main:
             experiment.check_dev_text(tokenizer, data)
-        optimizer = _make_optimizer(cfg, model)
+        optimizer = experiment.make_optimizer(cfg, model)
         if "optimizer" in state:
-            _load_optimizer(optimizer, state["optimizer"])
+            experiment.load_optimizer(optimizer, state["optimizer"])
             restore_rng(state, group, cfg.train.seed)
         elif group.world > 1:
             torch.manual_seed(cfg.train.seed + group.rank)  # the same weights everywhere, different dropout masks
@@ -164,11 +164,10 @@ class _Loop:
         self.audio_seconds = self.train_seconds = 0.0
         if t.patience and not dev_utts:
             self.say("note: train.patience needs a dev.jsonl to measure WER on; training will not stop early")
-        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-        self.writer = _tensorboard(exp_dir / "tb") if group.main else None
+        self.autocast = experiment.autocast(t.precision, self.device, self.say)  # bf16: "auto" on CUDA only
+        self.writer = experiment.tensorboard(exp_dir / "tb") if group.main else None
         if t.compile:
-            _compile(model, cfg, self.device, self.say)
+            experiment.compile_model(model, self.device, self.say)
         # DDP averages gradients in hooks it sets up in its forward(): the loss must be computed through it.
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         self.compute_loss: Callable[[Batch], torch.Tensor] = model.loss
@@ -413,57 +412,6 @@ class _Loop:
         }
         save_checkpoint(self.exp_dir / name, config=self.cfg, tokenizer=self.tokenizer,
                         featurizer=self.featurizer, model=self.model, train_state=state)
-
-
-def _set_cpu_threads(device: torch.device, num_workers: int, world: int) -> None:
-    """On the CPU, leave a core to each loader worker and share the rest between ranks: OpenMP threads that
-    outnumber the cores spin against each other and run several times slower. OMP_NUM_THREADS wins."""
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - num_workers * world) // max(world, 1)))
-
-
-def _make_optimizer(cfg: Config, model: ASRModel) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "adamw":  # fused (one kernel for all parameters) when they are all on a GPU
-        fused = all(p.is_cuda for p in model.parameters()) or None
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
-                               weight_decay=t.weight_decay)
-    raise AsrkitError(f"unknown train.optimizer {t.optimizer!r}; valid: adamw, sgd")
-
-
-def _compile(model: ASRModel, cfg: Config, device: torch.device, say_: Callable[[str], None]) -> None:
-    """train.compile: torch.compile, in place (state_dict keys do not change), of DeepSpeech2's convolution blocks
-    (conv + BatchNorm + clipped ReLU fused) with dynamic shapes, on CUDA. The recurrent layers run on packed
-    sequences, which dynamo leaves eager, and the other families loop over output steps in Python."""
-    blocks = getattr(getattr(model, "conv", None), "blocks", None)
-    if cfg.model.family != "deepspeech2" or not isinstance(blocks, nn.ModuleList):
-        say_(f"note: train.compile applies to model.family deepspeech2 only; {cfg.model.family} runs uncompiled")
-    elif device.type != "cuda":  # seen with torch 2.14: a recompilation for nearly every new batch length
-        say_("note: train.compile applies on CUDA only (on the CPU, inductor recompiles the convolutions for new "
-             "batch lengths); training runs uncompiled")
-    else:
-        for block in blocks:
-            block.compile(dynamic=True)
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """The saved optimiser state, keeping this run's implementation choice (fused on a GPU; a checkpoint
-    written on a GPU can resume on the CPU and the other way round)."""
-    chosen: list[dict[str, Any]] = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, keys in zip(optimizer.param_groups, chosen, strict=True):
-        group.update(keys)
-
-
-def _tensorboard(log_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        say("note: tensorboard is not installed; no TensorBoard scalars will be written")
-        return None
-    return SummaryWriter(str(log_dir))
 
 
 def _quiet(message: str) -> None:

@@ -447,14 +447,14 @@ def main() -> None:
     from asrkit.data.loader import DurationBatchSampler
     from asrkit.data.manifest import read_manifest, write_manifest
     from asrkit.data.tokenizer import train_tokenizer
+    from asrkit.experiment import set_cpu_threads
     from asrkit.models import build_model
-    from asrkit.train import _set_cpu_threads
 
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     else:  # the trainer's rule on a CPU (a core per loader worker), for the bare step too
-        _set_cpu_threads(device, p["workers"], 1)
+        set_cpu_threads(device, p["workers"], 1)
     if p["precision"] == "auto" or (device.type == "cpu" and p["precision"] == "bf16"):
         p["precision"] = "bf16" if device.type == "cuda" else "fp32"  # bf16 autocast on a CPU: nothing useful
     overrides: dict[str, dict[str, Any]] = {

@@ -36,18 +36,24 @@ OBJECTIVE_SIZES: dict[str, dict[str, Any]] = {  # the objective's own sizes, wha
 }
 CONFORMER = {"kind": "conformer", "d_model": 16, "layers": 1, "heads": 2, "ff_mult": 2, "conv_kernel": 3,
              "dropout": 0.0}
-CASES = [(family, kind) for family in MODELS for kind in ENCODERS]
+TRANSFORMER = {"decoder": "transformer", "decoder_dim": 8, "decoder_layers": 2, "decoder_heads": 2, "decoder_ff": 16}
+# each family under each encoder kind, plus the attention objective with its Transformer decoder
+CASES = [(family, kind) for family in MODELS for kind in ENCODERS] + [("las", "+transformer"),
+                                                                      ("las", "conformer+transformer")]
 
 
 def sections(family: str, kind: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"model": {"family": family}, "features": {"n_mels": N_MELS}}
-    if kind == "":
+    encoder, _, decoder = kind.partition("+")
+    if encoder == "":
         for name, values in OWN_SIZES[family].items():
             out.setdefault(name, {}).update(values)
     else:
         out["encoder"] = CONFORMER
     if family in OBJECTIVE_SIZES:
         out.setdefault(family, {}).update(OBJECTIVE_SIZES[family])
+    if decoder == "transformer":
+        out[family].update(TRANSFORMER)
     return out
 
 

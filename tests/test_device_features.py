@@ -16,15 +16,16 @@ import soundfile as sf
 import torch
 from conftest import FSDD_ASSETS
 
+from asrkit import experiment
 from asrkit.config import FeatureConfig, build_config
-from asrkit.data.device_features import DeviceFeaturizer, centre_pad
-from asrkit.data.features import Featurizer, apply_masks, draw_masks, spec_augment
+from asrkit.data.device_features import DeviceFeaturizer
+from asrkit.data.features import Featurizer, apply_masks, centre_pad, draw_masks, spec_augment
 from asrkit.data.loader import SpeechDataset, collate, collate_waves
 from asrkit.data.tokenizer import CharTokenizer
 from asrkit.errors import AsrkitError
 from asrkit.models import build_model
 from asrkit.records import Batch, Utterance, WaveBatch
-from asrkit.train import _compile, _load_optimizer, fit
+from asrkit.train import fit
 
 CPU = torch.device("cpu")
 
@@ -189,19 +190,20 @@ def test_compile_on_cuda_compiles_the_convolution_blocks(monkeypatch: pytest.Mon
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
     cfg = build_config({**TINY, "model": {**TINY["model"], "conv_layers": 2}})
     model = build_model(cfg, 40, 10)
-    _compile(model, cfg, torch.device("cuda"), print)
+    experiment.compile_model(model, torch.device("cuda"), print)
     assert compiled == [("Sequential", {"dynamic": True})] * 2
     assert not any("_orig_mod" in key for key in model.state_dict())  # checkpoints keep the plain keys
 
 
-def test_compile_of_other_families_is_skipped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compile_without_blocks_to_compile_is_skipped_with_a_note(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cfg = build_config({**TINY, "model": {"family": "transducer"},
                         "transducer": {"encoder_layers": 1, "encoder_hidden": 16, "predictor_hidden": 16,
                                        "joint_dim": 16, "predictor_embed": 8},
                         "train": {**TINY["train"], "compile": True, "max_steps": 1}})
     assert fit(cfg, make_data(tmp_path), tmp_path / "exp", progress=False).steps == 1
     said = capsys.readouterr()
-    assert "train.compile applies to model.family deepspeech2 only; transducer runs uncompiled" in said.err + said.out
+    assert "train.compile: this model (Transducer) has no blocks to compile" in said.err + said.out
 
 
 def test_resumed_optimizer_keeps_this_runs_implementation() -> None:
@@ -210,7 +212,7 @@ def test_resumed_optimizer_keeps_this_runs_implementation() -> None:
     params[0].grad = torch.ones(3)
     saved.step()
     here = torch.optim.AdamW(params, lr=0.1)
-    _load_optimizer(here, saved.state_dict())
+    experiment.load_optimizer(here, saved.state_dict())
     assert here.param_groups[0]["foreach"] is None and here.param_groups[0]["fused"] is None
     assert torch.equal(here.state_dict()["state"][0]["exp_avg"], saved.state_dict()["state"][0]["exp_avg"])
 
@@ -245,6 +247,21 @@ def test_bf16_autocast_trains_float32_weights_close_to_fp32(tmp_path: Path) -> N
             torch.testing.assert_close(other, value, rtol=0, atol=2e-2, msg=key)
             moved = max(moved, float((other - value).abs().max()))
     assert moved > 1e-4  # bf16 rounding changed the steps: autocast was on
+
+
+@pytest.mark.parametrize(("precision", "native", "warned", "autocast"),
+                         [("bf16", False, True, True), ("bf16", True, False, True), ("auto", False, False, False),
+                          ("fp32", False, False, False)])
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch, precision: str, native: bool,
+                                                 warned: bool, autocast: bool) -> None:
+    """Emulated bf16 runs 10-50x slower than fp32 (and can fail in LSTMs): one warning line, no error; "auto" stays
+    fp32 on the CPU."""
+    monkeypatch.setattr(experiment, "cpu_has_bf16", lambda: native)
+    said: list[str] = []
+    context = experiment.autocast(precision, torch.device("cpu"), said.append)
+    assert isinstance(context, torch.autocast) == autocast
+    assert len(said) == int(warned)
+    assert all("train.precision = bf16 on a CPU without native bf16" in line and "\n" not in line for line in said)
 
 
 def test_unknown_precision_is_an_error(tmp_path: Path) -> None:

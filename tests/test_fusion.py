@@ -159,10 +159,10 @@ def step(prev: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Ten
     return torch.stack(rows), (grown, state[1], state[2], state[3])
 
 
-def attention_text(scorers: list) -> str:
+def attention_text(scorers: list, att_weight: float = 1.0) -> str:
     k = 4
     state = (torch.zeros(k, 0, dtype=torch.long), torch.zeros(k, 1), torch.zeros(k, 1), torch.zeros(k, 1, 1))
-    found = beam_search(step, state, [16], k, scorers=scorers)[0]
+    found = beam_search(step, state, [16], k, scorers=scorers, att_weight=att_weight)[0]
     best = max(found, key=lambda f: f.score)
     return "".join(VOCAB[t] for t in best.tokens)
 
@@ -185,3 +185,52 @@ def test_word_fusion_scores_completed_words_and_sentencepiece_word_starts(lm) ->
     sp = WordFusion(lm, pieces, weight=1.0)
     s = sp.extend(sp.extend(sp.start(), 1), 2)
     assert s.partial == "sat" and sp.final(s) > final
+
+
+# ----------------------------------------------------------------------------------------- through the models
+
+def test_resolve_fusion_settings() -> None:
+    from asrkit.errors import AsrkitError
+    from asrkit.search import SearchOptions, resolve
+
+    fused = resolve(SearchOptions(lm="x.arpa", lm_weight=0.5), "transducer")
+    assert fused.beam_size == 8  # a fusion LM needs a beam: the transducer's default one with an LM
+    assert resolve(SearchOptions(), "transducer").beam_size == 1
+    with pytest.raises(AsrkitError, match="word LM"):
+        resolve(SearchOptions(lm="x.arpa", lm_weight=0.5, lm_units="tokens"), "transducer")
+    with pytest.raises(AsrkitError, match="needs both an LM"):
+        resolve(SearchOptions(lm="x.arpa"), "transducer")
+    with pytest.raises(AsrkitError, match="unknown lm_units"):
+        SearchOptions(lm_units="chars")
+
+
+@pytest.mark.parametrize("family", ["transducer", "las"])
+def test_models_decode_with_a_word_lm(lm, family: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """The word LM reaches the search of both models (loaded once, outside the model): the n-best lists come back
+    ranked by the fused score, and a large weight moves them towards the LM's words."""
+    from asrkit.config import build_config
+    from asrkit.data.tokenizer import CharTokenizer
+    from asrkit.lm import load_fusion_lm
+    from asrkit.models import build_model
+    from asrkit.search import SearchOptions
+
+    tok = CharTokenizer(VOCAB[1:])
+    sections: dict = {"model": {"family": family}, "features": {"n_mels": 20},
+                      "encoder": {"kind": "conformer", "d_model": 16, "layers": 1, "heads": 2, "ff_mult": 2,
+                                  "conv_kernel": 3}}
+    if family == "las":
+        sections["las"] = {"speller_hidden": 16, "embedding_dim": 4, "attention_dim": 8, "speller_layers": 1}
+    torch.manual_seed(0)
+    model = build_model(build_config(sections), 20, len(tok.vocab)).eval()
+    feats, lens = torch.randn(2, 80, 20), torch.tensor([80, 60])
+    search = SearchOptions(beam_size=4, nbest=2, lm=str(lm.path), lm_weight=2.0, lm_units="words", lm_bonus=1.0)
+    loaded = load_fusion_lm(search.lm, model.fusion_units(search), tok.vocab)
+    plain = model.decode(feats, lens, SearchOptions(beam_size=4, nbest=2), tokenizer=tok)
+    fused = model.decode(feats, lens, search, loaded, tokenizer=tok)
+    assert [len(h) for h in fused] == [2, 2]
+    for hyps in fused:
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    known = {"cat", "hat", "sat"}
+    share = lambda lists: sum(w in known for hyps in lists for w in hyps[0].text.split())  # noqa: E731
+    assert share(fused) >= share(plain)
+    assert fused[0][0].score != plain[0][0].score  # the LM's score is part of the ranking score

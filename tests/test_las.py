@@ -128,7 +128,9 @@ def test_attention_weights_are_distributions_over_real_frames(variant: dict) -> 
     model = make_las(**variant).eval()
     batch = make_batch([40, 23, 9], [5, 3, 2])
     with torch.no_grad():
-        results, lens = model._search(batch.feats, batch.feat_lens, model.resolve_search(search_of(variant)), None)
+        results, lens = model._search(batch.feats, batch.feat_lens, model.resolve_search(search_of(variant)), None,
+                                      [])
+    assert model.attention is not None
     heads = model.attention.heads
     for found, n in zip(results, lens, strict=True):
         w = found[0].weights  # (U', H, T'max)
@@ -466,7 +468,7 @@ def test_fusion_through_the_model(trained: tuple[Path, Path, Path], tmp_path: Pa
     arpa.write_text(f"\\data\\\nngram 1={len(letters) + 3}\nngram 2=1\n\n\\1-grams:\n{unigrams}\n"
                     "\\2-grams:\n-0.1\tz e\n\n\\end\\\n")
     fused = replace(TRAINED, lm=str(arpa), lm_weight=0.1)
-    lm = load_fusion_lm(fused.lm, model.fusion_lm, tok.vocab)  # loaded once, outside the model
+    lm = load_fusion_lm(fused.lm, model.fusion_units(fused), tok.vocab)  # loaded once, outside the model
     assert isinstance(lm, UnitLM) and lm.path == arpa
     assert sorted(h.text for (h,) in model.decode(feats, lens, fused, lm, tokenizer=tok)) == sorted(WORDS)
     with pytest.raises(ValueError, match="pass its LM loaded"):  # the model opens no file

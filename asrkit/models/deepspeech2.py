@@ -90,6 +90,10 @@ class DeepSpeech2(ASRModel):
         logits = unpack(packed, x.shape[1])  # (B, T', V)
         return F.log_softmax(logits.float(), dim=-1), lengths
 
+    def compile_blocks(self) -> list[nn.Module]:
+        """The convolution blocks (conv + BatchNorm + clipped ReLU, fused by inductor)."""
+        return list(self.conv.blocks)
+
     def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions:
         """`frame_shift` is the feature hop in seconds; the emissions' is that times the time reduction."""
         log_probs, lengths = self(feats, feat_lens)

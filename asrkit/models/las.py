@@ -9,6 +9,10 @@ Shapes: B batch, T feature frames, F mel bins, T' = T / time_reduction listener 
     s_i, listener (B, T', D) [, previous weights (B, H, T')] -> a_i (B, H, T') -> c_i (B, D)  attention
     [s_i; c_i] -> Linear, tanh, Linear -> logits (B, V)
 
+With `las.decoder = "transformer"` the speller and its attention are a Transformer decoder instead
+(transformer_decoder.py: self-attention over the tokens so far, cross-attention over the listener), trained on
+whole target sequences at once; the searches, CTC scoring and fusion are the same.
+
 Token id 0 is the CTC blank of every tokenizer; LAS uses it as the start-of-sentence input and as the
 end-of-sentence target, so the tokenizers stay shared between model families.
 """
@@ -25,13 +29,15 @@ from torch import nn
 
 from asrkit.config import LASConfig
 from asrkit.data.tokenizer import Tokenizer
+from asrkit.models.fusion import WordFusion, WordLMScorer
 from asrkit.models.las_search import EOS, CTCScorer, Found, LMScorer, Scorer, State, beam_search, greedy_search
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
+from asrkit.models.transformer_decoder import Encoded, TransformerDecoder
 from asrkit.records import Batch, Emissions, Hypothesis
 from asrkit.search import SearchOptions, is_greedy, resolve
 
 if TYPE_CHECKING:
-    from asrkit.lm import UnitLM
+    from asrkit.lm import UnitLM, WordLM
 
 ATTENTIONS = ("dot", "additive", "location")
 
@@ -241,8 +247,8 @@ class LAS(ASRModel):
     objective = "attention"
     fusion_lm = "tokens"
 
-    def __init__(self, listener: EncoderModule, attention: Attention, speller: Speller, *, ctc: nn.Linear | None = None,
-                 teaching: Teaching | None = None) -> None:
+    def __init__(self, listener: EncoderModule, attention: Attention | None, speller: Speller | TransformerDecoder, *,
+                 ctc: nn.Linear | None = None, teaching: Teaching | None = None) -> None:
         super().__init__()
         self.listener, self.attention, self.speller, self.ctc = listener, attention, speller, ctc
         self.teaching = teaching or Teaching()
@@ -254,13 +260,28 @@ class LAS(ASRModel):
         span = max(t.sampling_end_step - t.sampling_start_step, 1)
         self.sampling = t.sampling_rate * min(max((step - t.sampling_start_step) / span, 0.0), 1.0)
 
+    def fusion_units(self, search: SearchOptions) -> str:
+        return search.lm_units or "tokens"
+
     def _start(self, feats: torch.Tensor, feat_lens: torch.Tensor,
-               repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor, Memory, State]:
+               repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor, Memory | Encoded, State]:
         enc, enc_lens = self.listener(feats, feat_lens)  # (B, T', D)
+        if isinstance(self.speller, TransformerDecoder):
+            encoded = self.speller.encode(enc, enc_lens).repeat(repeat)
+            return enc, enc_lens, encoded, self.speller.initial_state(encoded)
+        assert self.attention is not None  # an LSTM speller always comes with its attention
         memory = self.attention.memory(enc, enc_lens).repeat(repeat)
         state = self.speller.initial_state(memory.values.shape[0], enc.shape[-1],
                                            self.attention.initial_weights(memory))
         return enc, enc_lens, memory, state
+
+    def _step(self, prev: torch.Tensor, state: State, memory: Memory | Encoded) -> tuple[torch.Tensor, State]:
+        """One decoder step: prev tokens (N,) -> logits (N, V), the new state."""
+        if isinstance(self.speller, TransformerDecoder):
+            assert isinstance(memory, Encoded)
+            return self.speller.step(prev, state, memory)
+        assert self.attention is not None and isinstance(memory, Memory)
+        return self.speller.step(prev, state, self.attention, memory)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Cross-entropy summed over each utterance's tokens and its EOS, averaged over the batch (mixed with the
@@ -271,17 +292,23 @@ class LAS(ASRModel):
         steps = torch.arange(u + 1, device=labels.device)[None, :]
         labels = labels.masked_fill(steps == batch.target_lens[:, None], EOS)
         labels = labels.masked_fill(steps > batch.target_lens[:, None], -100)
-        prev = torch.full((b,), EOS, dtype=torch.long, device=labels.device)
-        logits: list[torch.Tensor] = []
-        for i in range(u + 1):
-            if i > 0:
-                prev = labels[:, i - 1].clamp(min=0)
-                if self.training and self.sampling > 0:
-                    sampled = torch.multinomial(torch.softmax(logits[-1].detach().float(), -1), 1).squeeze(1)
-                    prev = torch.where(torch.rand(b, device=prev.device) < self.sampling, sampled, prev)
-            out, state = self.speller.step(prev, state, self.attention, memory)
-            logits.append(out)
-        stacked = torch.stack(logits, dim=1).float()  # (B, U + 1, V)
+        if isinstance(self.speller, TransformerDecoder) and not (self.training and self.sampling > 0):
+            assert isinstance(memory, Encoded)  # teacher forcing on the whole sequence at once
+            inputs = torch.cat([torch.full((b, 1), EOS, dtype=torch.long, device=labels.device),
+                                labels[:, :u].clamp(min=0)], dim=1)  # (B, U + 1): start symbol, then the targets
+            stacked = self.speller(inputs, memory)[0].float()  # (B, U + 1, V)
+        else:
+            prev = torch.full((b,), EOS, dtype=torch.long, device=labels.device)
+            logits: list[torch.Tensor] = []
+            for i in range(u + 1):
+                if i > 0:
+                    prev = labels[:, i - 1].clamp(min=0)
+                    if self.training and self.sampling > 0:
+                        sampled = torch.multinomial(torch.softmax(logits[-1].detach().float(), -1), 1).squeeze(1)
+                        prev = torch.where(torch.rand(b, device=prev.device) < self.sampling, sampled, prev)
+                out, state = self._step(prev, state, memory)
+                logits.append(out)
+            stacked = torch.stack(logits, dim=1).float()  # (B, U + 1, V)
         loss = F.cross_entropy(stacked.transpose(1, 2), labels, ignore_index=-100, reduction="sum",
                                label_smoothing=self.teaching.label_smoothing) / b
         if self.ctc is not None:
@@ -301,7 +328,7 @@ class LAS(ASRModel):
         return Emissions(F.log_softmax(self.ctc(enc).float(), dim=-1), enc_lens, frame_shift * self.time_reduction)
 
     def _search(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions,
-                lm: UnitLM | None) -> tuple[list[list[Found]], list[int]]:
+                lm: UnitLM | WordLM | None, vocab: list[str]) -> tuple[list[list[Found]], list[int]]:
         """search.nbest hypotheses per utterance sorted best first by `rank`, and the listener lengths, for a
         resolved search: greedy when it is greedy (beam 1 with neither LM nor CTC scoring)."""
         k = search.beam_size
@@ -309,7 +336,7 @@ class LAS(ASRModel):
         enc, enc_lens, memory, state = self._start(feats, feat_lens, repeat=1 if greedy else k)
 
         def step(prev: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-            logits, state = self.speller.step(prev, state, self.attention, memory)
+            logits, state = self._step(prev, state, memory)
             return F.log_softmax(logits.float(), dim=-1), state
 
         lens = enc_lens.tolist()
@@ -323,7 +350,10 @@ class LAS(ASRModel):
             if search.lm:
                 if lm is None:
                     raise ValueError("search.lm is set: pass its LM loaded (asrkit.lm.load_fusion_lm) as `lm`")
-                scorers.append(LMScorer(lm, search.lm_weight))
+                if self.fusion_units(search) == "words":  # a word n-gram, scored as words complete
+                    scorers.append(WordLMScorer(WordFusion(lm, vocab, search.lm_weight, search.lm_bonus)))  # type: ignore[arg-type]
+                else:
+                    scorers.append(LMScorer(lm, search.lm_weight))  # type: ignore[arg-type]
             results = beam_search(step, state, max_lens, k, scorers, att_weight=1.0 - search.ctc_weight)
         ranked = [sorted(found, key=lambda f: -self.rank(f, n, search))[: search.nbest]
                   for found, n in zip(results, lens, strict=True)]
@@ -345,7 +375,7 @@ class LAS(ASRModel):
         """Up to search.nbest hypotheses per utterance, best first; `score` is the ranking score; `lm`: the unit
         LM of search.lm (shallow fusion with weight search.lm_weight)."""
         search = self.resolve_search(search)
-        results, lens = self._search(feats, feat_lens, search, lm)
+        results, lens = self._search(feats, feat_lens, search, lm, tokenizer.vocab)
         return [[Hypothesis(tokenizer.decode(f.tokens), f.tokens, self.rank(f, n, search)) for f in found]
                 for found, n in zip(results, lens, strict=True)]
 
@@ -355,7 +385,7 @@ class LAS(ASRModel):
         """The best hypothesis of each utterance and its attention (U', T') over the real listener frames,
         averaged over heads; row i is the step that emitted token i (the last row the EOS, when reached)."""
         search = self.resolve_search(search)
-        results, lens = self._search(feats, feat_lens, search, lm)
+        results, lens = self._search(feats, feat_lens, search, lm, tokenizer.vocab)
         out = []
         for found, n in zip(results, lens, strict=True):
             best = found[0]
@@ -370,6 +400,13 @@ def build_las(cfg: LASConfig, n_feats: int, vocab_size: int, listener: EncoderMo
     if listener is None:
         listener = Listener(n_feats, cfg.listener_hidden, cfg.listener_layers, cfg.pyramid_layers, cfg.conv_layers,
                             cfg.conv_channels, cfg.dropout)
+    ctc = nn.Linear(listener.out_dim, vocab_size) if cfg.ctc_weight > 0 else None
+    teaching = Teaching(cfg.label_smoothing, cfg.sampling_rate, cfg.sampling_start_step, cfg.sampling_end_step,
+                        cfg.ctc_weight)
+    if cfg.decoder == "transformer":
+        decoder = TransformerDecoder(vocab_size, listener.out_dim, dim=cfg.decoder_dim, layers=cfg.decoder_layers,
+                                     heads=cfg.decoder_heads, ff=cfg.decoder_ff, dropout=cfg.dropout)
+        return LAS(listener, None, decoder, ctc=ctc, teaching=teaching)
     attention = Attention(cfg.attention, cfg.speller_hidden, listener.out_dim, cfg.attention_dim,
                           cfg.attention_heads, cfg.location_channels, cfg.location_kernel)
     speller = Speller(vocab_size, cfg.embedding_dim, listener.out_dim, cfg.speller_hidden, cfg.speller_layers,

@@ -43,8 +43,11 @@ class ASRModel(nn.Module):
 
     time_reduction: int = 1  # feature frames per output frame
     objective: ClassVar[str] = "ctc"  # ctc | attention | transducer: what its search reads (asrkit.search.SETTINGS)
-    fusion_lm: ClassVar[str] = ""  # the `lm` decode takes: "tokens" (asrkit.lm.UnitLM, shallow fusion) or "" (none;
-    # a CTC model's beam search loads search.lm itself, once per process)
+
+    def fusion_units(self, search: SearchOptions) -> str:
+        """The LM `decode` takes for `search`: "tokens" (asrkit.lm.UnitLM), "words" (asrkit.lm.WordLM), or "" (none:
+        a CTC model's beam search loads search.lm itself, once per process)."""
+        return ""
 
     def on_step(self, step: int) -> None:
         """Called by the trainer before every optimiser step, for schedules inside a model (e.g. the
@@ -61,13 +64,18 @@ class ASRModel(nn.Module):
 
     def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
                tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
-        """N-best lists (best first, up to search.nbest) of (B, T, F) features; `lm`: the LM `fusion_lm` names,
+        """N-best lists (best first, up to search.nbest) of (B, T, F) features; `lm`: the LM `fusion_units` names,
         loaded once by the caller (asrkit.lm.load_fusion_lm); `frame_shift`: the feature hop in seconds."""
         raise NotImplementedError
 
     def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions | None:
         """The CTC head's log-probs (B, T', V), or None for a model without a CTC head."""
         return None
+
+    def compile_blocks(self) -> list[nn.Module]:
+        """The submodules worth torch.compile (train.compile; compiled in place with dynamic shapes). None by default:
+        recurrent layers on packed sequences stay eager, and decoders loop over output steps in Python."""
+        return []
 
     @property
     def streaming(self) -> bool:

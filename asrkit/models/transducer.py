@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
+from asrkit.models.fusion import WordFusion
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
 from asrkit.models.transducer_search import BLANK, BeamSearch, GreedySearch, to_hypothesis
 from asrkit.records import Batch, Hypothesis
@@ -329,14 +330,19 @@ class Transducer(ASRModel):
                            self.joint_max_elements)
         return total / len(batch.ids)
 
-    def new_search(self, batch: int, device: torch.device, search: SearchOptions,
-                   lm: Any = None) -> GreedySearch | BeamSearch:
-        """Greedy search of a batch (resolved beam 1), or the beam search of one utterance. `lm` and
-        search.lm_weight are for word-LM shallow fusion in the beam search (not wired in yet: `resolve_search`
-        refuses decode.lm for a transducer)."""
-        if search.beam_size == 1:
+    def fusion_units(self, search: SearchOptions) -> str:
+        return "words"
+
+    def new_search(self, batch: int, device: torch.device, search: SearchOptions, lm: Any = None,
+                   vocab: Sequence[str] = ()) -> GreedySearch | BeamSearch:
+        """Greedy search of a batch (resolved beam 1 without an LM), or the beam search of one utterance; with `lm`
+        (a WordLM of search.lm) its words are fused with weight search.lm_weight (asrkit.models.fusion)."""
+        fusion = None
+        if lm is not None and search.lm_weight:
+            fusion = WordFusion(lm, vocab, search.lm_weight, search.lm_bonus)
+        if search.beam_size == 1 and fusion is None:
             return GreedySearch(self.predictor, self.joiner, batch, search.max_symbols, device)
-        return BeamSearch(self.predictor, self.joiner, search.beam_size, search.max_symbols, device)
+        return BeamSearch(self.predictor, self.joiner, search.beam_size, search.max_symbols, device, fusion=fusion)
 
     @torch.no_grad()
     def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
@@ -346,13 +352,13 @@ class Transducer(ASRModel):
         enc, enc_lens = self.encoder(feats, feat_lens)
         enc_j = self.joiner.enc_proj(enc)  # (B, T', J)
         shift = frame_shift * self.time_reduction
-        if search.beam_size == 1:
-            greedy = self.new_search(len(enc_j), enc_j.device, search, lm)
+        if search.beam_size == 1 and not search.lm:
+            greedy = self.new_search(len(enc_j), enc_j.device, search)
             greedy.advance(enc_j, enc_lens)
             return [[to_hypothesis(greedy.paths(b)[0], tokenizer, shift)] for b in range(len(enc_j))]
         out = []
         for b in range(len(enc_j)):
-            beam = self.new_search(1, enc_j.device, search, lm)
+            beam = self.new_search(1, enc_j.device, search, lm, tokenizer.vocab)
             beam.advance(enc_j[b : b + 1, : int(enc_lens[b])])
             out.append([to_hypothesis(p, tokenizer, shift) for p in beam.paths()[: search.nbest]])
         return out
@@ -363,6 +369,8 @@ class Transducer(ASRModel):
 
     def start_stream(self, search: SearchOptions) -> TransducerStream:
         """Decoding state for one utterance fed chunk by chunk (unidirectional encoders only)."""
+        if search.lm:
+            raise ValueError("streaming decodes without a language model; drop --lm / decode.lm for --stream")
         return TransducerStream(self, self.resolve_search(search))
 
 
