@@ -325,35 +325,56 @@ class TuneMethod(StrEnum):
 def tune(
     model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
     dev_manifest: Annotated[Path, typer.Argument(help="JSONL dev manifest with reference text.")],
-    lm: Annotated[Path, typer.Option("--lm", help="KenLM model (.bin / .arpa from `asrkit lm build`).")],
+    lm: Annotated[Path | None, typer.Option("--lm", help="KenLM word n-gram (.bin / .arpa from `asrkit lm build`); "
+                                            "needed, except by an attention model with a CTC head (which can "
+                                            "tune ctc_weight alone).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the best settings (default: tune.json beside "
                                              "the model, which transcribe and evaluate then use).")] = None,
-    method: Annotated[TuneMethod, typer.Option(help="grid: STEPS x STEPS points; random: TRIALS points.")]
+    method: Annotated[TuneMethod, typer.Option(help="grid: STEPS points per axis; random: TRIALS points.")]
     = TuneMethod.grid,
-    alpha_range: Annotated[str, typer.Option(help="LM weights searched, MIN,MAX.")] = "0,2",
-    beta_range: Annotated[str, typer.Option(help="Word bonuses searched, MIN,MAX.")] = "-1,3",
-    steps: Annotated[int, typer.Option(help="Grid points per axis.")] = 9,
+    alpha_range: Annotated[str | None, typer.Option(help="CTC: LM weights searched, MIN,MAX (default 0,2).")]
+    = None,
+    beta_range: Annotated[str | None, typer.Option(help="CTC: word bonuses searched, MIN,MAX (default -1,3).")]
+    = None,
+    weight_range: Annotated[str | None, typer.Option(help="Transducer / attention: LM weights (decode.lm_weight) "
+                                                     "searched, MIN,MAX (default 0,1.5).")] = None,
+    bonus_range: Annotated[str | None, typer.Option(help="Transducer / attention: word bonuses (decode.lm_bonus) "
+                                                    "searched, MIN,MAX (default 0,3).")] = None,
+    ctc_weight_range: Annotated[str | None, typer.Option(help="Attention with a CTC head: decode.ctc_weight "
+                                                         "searched, MIN,MAX (default 0,0.6).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Grid points per axis (default 9 for CTC, 4 for transducer "
+                                              "/ attention, which decode the dev set again for each).")] = None,
     trials: Annotated[int, typer.Option(help="Random settings tried.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the random search.")] = 0,
-    beam_size: Annotated[int, typer.Option(help="Beams kept per frame while tuning (and written).")] = 32,
-    backend: Annotated[str, typer.Option(help="Beam search: flashlight (compiled, the LM's words only; asrkit "
-                                         "where not installed), asrkit or pyctcdecode. Written with the weights: "
-                                         "alpha and beta are tuned for it.")] = "flashlight",
+    beam_size: Annotated[int | None, typer.Option(help="Beams kept while tuning, and written (default: CTC the "
+                                                  "checkpoint's decode.beam_size, else 32; transducer / "
+                                                  "attention 8).")] = None,
+    backend: Annotated[str | None, typer.Option(help="CTC beam search: flashlight (compiled, the LM's words only; "
+                                                "asrkit where not installed), asrkit or pyctcdecode. Written with "
+                                                "the weights: alpha and beta are tuned for it (default: "
+                                                "the checkpoint's decode.backend, flashlight unless set).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.")] = 16,
     workers: WorkersOpt = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Search the LM weight alpha and word bonus beta on a dev set, write the best to tune.json beside the model.
+    """Search the weights of a model's search on a dev set, write the best to tune.json beside the model.
 
-    The model runs once; its emissions are decoded again for every setting, in parallel processes."""
+    CTC: LM weight alpha and word bonus beta (--lm), on emissions computed once, decoded in parallel processes.
+
+    Transducer / attention: lm_weight and lm_bonus of the word LM (--lm) fused into the beam search, and ctc_weight
+    of an attention model with a CTC head; the dev set is decoded again for every setting."""
     from asrkit.tune import tune as run
 
+    def parsed(value: str | None, option: str) -> tuple[float, float] | None:
+        return None if value is None else _parse_range(value, option)
+
     result = run(model, dev_manifest, lm, out=out, method=method.value,
-                 alpha_range=_parse_range(alpha_range, "--alpha-range"),
-                 beta_range=_parse_range(beta_range, "--beta-range"), steps=steps, trials=trials, seed=seed,
-                 beam_size=beam_size, backend=backend, device=device, batch_size=batch_size,
-                 workers=workers, progress=progress)
+                 alpha_range=parsed(alpha_range, "--alpha-range"), beta_range=parsed(beta_range, "--beta-range"),
+                 weight_range=parsed(weight_range, "--weight-range"), bonus_range=parsed(bonus_range, "--bonus-range"),
+                 ctc_weight_range=parsed(ctc_weight_range, "--ctc-weight-range"), steps=steps, trials=trials,
+                 seed=seed, beam_size=beam_size, backend=backend,
+                 device=device, batch_size=batch_size, workers=workers, progress=progress)
     typer.echo(result.summary())
     _report_failures(result.failures, result.utterances + len(result.failures), "utterances",
                      " (left out of the tuning)", ids=True)

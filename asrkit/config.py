@@ -396,8 +396,12 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
                                   f"valid sections: {', '.join(_SECTIONS)}")
     for name, values in parse_sets(sets or []).items():
         data.setdefault(name, {}).update(values)
-    config = build_config(data)
-    check_used(config, data, str(path) if path is not None else "config")
+    where = str(path) if path is not None else "config"
+    try:
+        config = build_config(data)
+    except AsrkitError as err:
+        raise AsrkitError(f"{where}: {err}" if path is not None else str(err)) from None
+    check_used(config, data, where)
     return config
 
 

@@ -22,6 +22,7 @@ use_lm=true
 lm_order=3
 workers=4
 device=auto
+decode_model=  # the checkpoint the decode stage evaluates (set by decode_checkpoint; empty: $exp)
 
 # usage: the recipe's header comment (from its second line down to `set -euo pipefail`), as --help shows it.
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$recipe"; }
@@ -151,9 +152,10 @@ stage_lm() {
 }
 
 # lm_decoding N [OPTION...]: how asrkit evaluate decodes with the LM -> lm_opts: --lm $lm.bin, or the alpha /
-# beta tuned on $data/dev.jsonl (asrkit tune with OPTIONs -> $exp/decode/lm_tune.json, kept once written) when
-# this asrkit can tune. lm_opts stays empty without --lm decoding: --no-lm, no $lm.bin, a model that is not
-# CTC or an `asrkit evaluate` without --lm (a message for the last two). Call it as a command, not in a test.
+# beta tuned on $data/dev.jsonl (asrkit tune of $decode_model, default $exp, with OPTIONs -> $exp/decode/
+# lm_tune.json, kept once written) when this asrkit can tune. lm_opts stays empty without --lm decoding: --no-lm,
+# no $lm.bin, a model that is not CTC or an `asrkit evaluate` without --lm (a message for the last two). Call it
+# as a command, not in a test.
 lm_decoding() {
   local n=$1 tuned=$exp/decode/lm_tune.json; shift
   lm_opts=()
@@ -167,22 +169,24 @@ lm_decoding() {
     if [ -f "$tuned" ]; then log "$n" "skip: $tuned exists"; else
       log "$n" "tune LM weights on dev -> $tuned"
       mkdir -p "$exp/decode"
-      asrkit tune "$exp" "$data/dev.jsonl" --lm "$lm.bin" --out "$tuned" --device "$device" --no-progress "$@"
+      asrkit tune "${decode_model:-$exp}" "$data/dev.jsonl" --lm "$lm.bin" --out "$tuned" --device "$device" \
+        --no-progress "$@"
     fi
     lm_opts=(--decode-params "$tuned")
   fi
 }
 
-# evaluate_split N DECODER SPLIT [OPTION...]: asrkit evaluate $exp on $data/SPLIT.jsonl with OPTIONs ->
-# $exp/decode/DECODER/SPLIT.json (report) and .txt (its WER line); skipped once the .txt exists. Exit 3 when
-# some utterances could not be read (the WER would not be the whole split's).
+# evaluate_split N DECODER SPLIT [OPTION...]: asrkit evaluate $decode_model (default $exp: its best.pt) on
+# $data/SPLIT.jsonl with OPTIONs -> $exp/decode/DECODER/SPLIT.json (report) and .txt (its WER line); skipped
+# once the .txt exists. Exit 3 when some utterances could not be read (the WER would not be the whole split's).
 evaluate_split() {
   local n=$1 dec=$2 s=$3 rc=0 out; shift 3
   out=$exp/decode/$dec/$s
   mkdir -p "$exp/decode/$dec"
   if [ -f "$out.txt" ]; then log "$n" "skip: $out.txt exists"; return 0; fi
   log "$n" "evaluate $s ($dec) -> $out.json"
-  asrkit evaluate "$exp" "$data/$s.jsonl" --report "$out.json" --device "$device" "$@" > "$out.tmp" || rc=$?
+  asrkit evaluate "${decode_model:-$exp}" "$data/$s.jsonl" --report "$out.json" --device "$device" "$@" \
+    > "$out.tmp" || rc=$?
   cat "$out.tmp"
   if [ "$rc" -eq 3 ]; then  # finished, but some utterances could not be read: the WER is not of the whole split
     echo "run.sh: some utterances of $data/$s.jsonl could not be read (named above, listed in $out.json);" \
@@ -193,11 +197,40 @@ evaluate_split() {
   mv "$out.tmp" "$out.txt"
 }
 
+# decode_checkpoint N: the model the decode stage evaluates -> decode_model: $exp (its best.pt), or, when the
+# conf keeps epoch checkpoints (train.keep_epochs > 0, after the --set overrides), the average of the K of them
+# with the lowest dev WER, K = min(5, keep_epochs, epoch checkpoints in $exp): $exp/averaged-best<K>.pt
+# (asrkit average --best K; kept once written).
+decode_checkpoint() {
+  local n=$1 keep k have avg f
+  decode_model=$exp
+  keep=$(asrkit config show "$conf" "${sets[@]}" --key train.keep_epochs) ||
+    die "cannot read train.keep_epochs of $conf"
+  if ! [[ $keep =~ ^[0-9]+$ ]] || [ "$keep" -eq 0 ]; then return 0; fi
+  have=0
+  for f in "$exp"/epoch-*.pt; do [ -f "$f" ] && have=$((have + 1)); done
+  if [ "$have" -eq 0 ]; then
+    log "$n" "train.keep_epochs = $keep, but no epoch checkpoints in $exp: decoding $exp/best.pt"
+    return 0
+  fi
+  k=$(( keep < 5 ? keep : 5 ))
+  k=$(( have < k ? have : k ))
+  avg=$exp/averaged-best$k.pt
+  if [ -f "$avg" ]; then log "$n" "skip: $avg exists"; else
+    log "$n" "average the $k epoch checkpoints of $exp with the lowest dev WER -> $avg"
+    asrkit average "$exp" --best "$k"
+  fi
+  decode_model=$avg
+  log "$n" "decode the averaged checkpoint $avg (train.keep_epochs = $keep) instead of $exp/best.pt"
+}
+
 # stage_decode N SPLIT...: evaluate every SPLIT without an LM (decoder nolm: CTC greedy, ignoring a tune.json
-# beside the model; LAS / RNN-T: the model's own search), then with the LM where lm_decoding allows (lm).
+# beside the model; LAS / RNN-T: the model's own search), then with the LM where lm_decoding allows (lm); the
+# model is decode_checkpoint's (the averaged checkpoint when the conf keeps epoch checkpoints).
 stage_decode() {
   local n=$1 dec s nolm_opts=(); shift
   if is_ctc && has_option evaluate --greedy; then nolm_opts=(--greedy); fi
+  decode_checkpoint "$n"
   lm_decoding "$n"
   for s in "$@"; do evaluate_split "$n" nolm "$s" "${nolm_opts[@]}"; done
   if [ ${#lm_opts[@]} -gt 0 ]; then

@@ -4,6 +4,7 @@ decoding settings (options over the file, the file beside the model found by its
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,170 @@ def test_tune_with_a_backend_and_a_gzipped_upper_case_arpa(model_dir: Path, dev:
     decode = json.loads(out.read_text())["decode"]
     assert decode["backend"] == backend and ".asrkit." in decode["lm"]
     assert read_decode_params(out).lm == result.options.lm
+
+
+
+# ------------------------------------------------------------- transducer and attention models: fused word LM
+
+FUSED_SIZES: dict[str, dict] = {
+    "transducer": {"transducer": {"encoder_layers": 1, "encoder_hidden": 16, "predictor_embed": 4,
+                                  "predictor_hidden": 16, "joint_dim": 16, "dropout": 0.0}},
+    "las": {"las": {"listener_layers": 1, "pyramid_layers": 1, "listener_hidden": 8, "attention_dim": 8,
+                    "embedding_dim": 4, "speller_layers": 1, "speller_hidden": 16, "location_channels": 2,
+                    "location_kernel": 3, "dropout": 0.0, "ctc_weight": 0.3, "sampling_rate": 0.0}},
+}
+
+
+def tiny_fused(exp: Path, family: str) -> Path:
+    """An untrained tiny transducer, or attention model (LAS) with a CTC head, over the letters of "zero one two",
+    saved to exp/best.pt (the wiring is tested, not accuracy)."""
+    exp.mkdir(parents=True, exist_ok=True)
+    cfg = build_config({"model": {"family": family}, "features": {"n_mels": 40}, **FUSED_SIZES[family]})
+    tok = CharTokenizer.train(["zero one two"])
+    feat = Featurizer(cfg.features)
+    feat.fit_stats([0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(0))])
+    torch.manual_seed(0)
+    net = build_model(cfg, 40, len(tok.vocab)).eval()
+    save_checkpoint(exp / "best.pt", config=cfg, tokenizer=tok, featurizer=feat, model=net)
+    return exp
+
+
+@pytest.fixture()
+def dev3(tmp_path: Path) -> Path:
+    """A manifest of three FSDD digits (zero, one, two) and the digit word ARPA beside it."""
+    wavs = [FSDD_ASSETS / f"{d}_jackson_0.wav" for d in (0, 1, 2)]
+    lines = [json.dumps({"audio_filepath": str(w), "duration": audio_info(w)[0], "text": word})
+             for w, word in zip(wavs, ["zero", "one", "two"], strict=True)]
+    manifest = tmp_path / "dev3.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    (tmp_path / "digits.arpa").write_text(DIGIT_ARPA)
+    return manifest
+
+
+def test_fusion_space_grid_random_and_bad_ranges() -> None:
+    from asrkit.tune import fusion_space
+
+    grid = fusion_space("grid", {"lm_weight": (0.0, 1.0), "lm_bonus": (0.0, 2.0)}, steps=3)
+    # lm_weight 0: no LM, so no bonus either: one setting instead of three
+    assert grid == [{"lm_weight": 0.0, "lm_bonus": 0.0}] + [{"lm_weight": w, "lm_bonus": b} for w in (0.5, 1.0)
+                                                             for b in (0.0, 1.0, 2.0)]
+    three = fusion_space("grid", {"lm_weight": (0.5, 0.5), "lm_bonus": (1.0, 1.0), "ctc_weight": (0.0, 0.4)},
+                         steps=2)
+    assert three == [{"lm_weight": 0.5, "lm_bonus": 1.0, "ctc_weight": c} for c in (0.0, 0.4)]
+    rand = fusion_space("random", {"ctc_weight": (0.1, 0.6)}, trials=10, seed=3)
+    assert 1 <= len(rand) <= 10 and all(0.1 <= p["ctc_weight"] <= 0.6 for p in rand)
+    for ranges, message in [
+        ({"lm_weight": (-1.0, 1.0)}, r"--weight-range -1,1: need 0 <= MIN <= MAX \(lm_weight 0 turns the LM off\)"),
+        ({"lm_bonus": (3.0, 1.0)}, r"--bonus-range 3,1: need MIN <= MAX"),
+        ({"ctc_weight": (0.0, 1.0)}, r"--ctc-weight-range 0,1: need 0 <= MIN <= MAX < 1"),
+        ({"lm_bonus": (0.0, float("inf"))}, r"--bonus-range 0,inf: MIN and MAX must be finite"),
+    ]:
+        with pytest.raises(AsrkitError, match=message):
+            fusion_space("grid", ranges)
+    with pytest.raises(AsrkitError, match="--steps 0 must be at least 1"):
+        fusion_space("grid", {"ctc_weight": (0.0, 0.5)}, steps=0)
+
+
+@needs_kenlm
+@pytest.mark.usefixtures("one_torch_thread")
+def test_tune_a_transducer_then_evaluate_reads_it(tmp_path: Path, dev3: Path) -> None:
+    """lm_weight x lm_bonus of the word LM fused into a transducer's beam search: tune.json beside the model holds
+    the best (with lm_units "words" and beam 8), and evaluate decodes with it by default."""
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+    from asrkit.tune import FusionTrial
+
+    exp = tiny_fused(tmp_path / "rnnt", "transducer")
+    lm = tmp_path / "digits.arpa"
+    result = tune(exp, dev3, lm, weight_range=(0.0, 1.0), bonus_range=(0.0, 2.0), steps=2, progress=False,
+                  device="cpu", out=tmp_path / "first.json")
+    assert [(t.lm_weight, t.lm_bonus) for t in result.trials] == [(0.0, 0.0), (1.0, 0.0), (1.0, 2.0)]
+    assert isinstance(result.best, FusionTrial) and result.best.wer == min(t.wer for t in result.trials)
+    assert result.summary().startswith(f"best lm_weight {result.best.lm_weight:g} lm_bonus "
+                                       f"{result.best.lm_bonus:g}: dev WER") and "greedy WER" in result.summary()
+    body = json.loads((tmp_path / "first.json").read_text())
+    assert body["utterances"] == 3 and body["trials"][0] == {"lm_weight": 0.0, "lm_bonus": 0.0,
+                                                            "wer": result.trials[0].wer, "cer": result.trials[0].cer}
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["tune", str(exp), str(dev3), "--lm", str(lm), "--weight-range", "0.5,1",
+                              "--bonus-range", "0,2", "--steps", "2", "--no-progress", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "best lm_weight" in out.stdout and str(exp / "tune.json") in out.stdout
+    body = json.loads((exp / "tune.json").read_text())
+    decode, best = body["decode"], min(body["trials"], key=lambda t: (t["wer"], t["cer"], t["lm_weight"],
+                                                                         abs(t["lm_bonus"])))
+    assert (decode["lm_weight"], decode["lm_bonus"]) == (best["lm_weight"], best["lm_bonus"])
+    assert decode["lm_units"] == "words" and decode["beam_size"] == 8 and decode["lm"] == str(lm)
+    assert len(body["trials"]) == 4 and body["dev"]["wer"] == best["wer"]
+    chosen = read_decode_params(exp / "tune.json")
+    assert chosen.lm_weight in (0.5, 1.0) and chosen.ctc_weight == 0.0
+
+    report = tmp_path / "r.json"
+    out = runner.invoke(app, ["evaluate", str(exp), str(dev3), "--device", "cpu", "--report", str(report)])
+    assert out.exit_code == 0, out.output
+    assert f"beam 8 + LM {chosen.lm_weight:g}" in out.stdout  # tune.json's settings, found beside the model
+    assert json.loads(report.read_text())["decoding"] == f"beam 8 + LM {chosen.lm_weight:g}"
+
+
+@needs_kenlm
+@pytest.mark.usefixtures("one_torch_thread")
+def test_tune_an_attention_model_with_a_ctc_head(tmp_path: Path, dev3: Path) -> None:
+    """LAS with a CTC head: ctc_weight is tuned too, with the word LM or alone; evaluate --decode-params reads the
+    chosen joint CTC / attention + LM setting back."""
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+
+    exp = tiny_fused(tmp_path / "las", "las")
+    lm = tmp_path / "digits.arpa"
+    out = tmp_path / "las_tune.json"
+    runner = CliRunner()
+    result = runner.invoke(app, ["tune", str(exp), str(dev3), "--lm", str(lm), "--weight-range", "0.5,0.5",
+                                 "--bonus-range", "1,1", "--ctc-weight-range", "0.2,0.4", "--steps", "2",
+                                 "--beam-size", "4", "--out", str(out), "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"best lm_weight 0\.5 lm_bonus 1 ctc_weight 0\.[24]: dev WER", result.stdout), result.stdout
+    body = json.loads(out.read_text())
+    decode = body["decode"]
+    assert [(t["ctc_weight"]) for t in body["trials"]] == [0.2, 0.4]
+    assert (decode["lm_weight"], decode["lm_bonus"], decode["lm_units"], decode["beam_size"]) == (0.5, 1.0, "words", 4)
+    assert decode["ctc_weight"] in (0.2, 0.4) and not (exp / "tune.json").exists()
+    result = runner.invoke(app, ["evaluate", str(exp), str(dev3), "--decode-params", str(out), "--device", "cpu",
+                                 "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert f"beam 4 + CTC {decode['ctc_weight']:g} + LM 0.5" in result.stdout
+
+    alone = tune(exp, dev3, None, ctc_weight_range=(0.0, 0.3), steps=2, beam_size=2, progress=False, device="cpu")
+    assert alone.names == ("ctc_weight",) and [t.ctc_weight for t in alone.trials] == [0.0, 0.3]
+    decode = json.loads((exp / "tune.json").read_text())["decode"]
+    assert decode["lm"] == "" and decode["lm_weight"] == 0.0 and decode["ctc_weight"] == alone.best.ctc_weight
+    assert alone.summary().startswith(f"best ctc_weight {decode['ctc_weight']:g}: dev WER")
+
+
+def test_tune_options_that_do_not_fit_the_model_are_clear_errors(tmp_path: Path, dev3: Path, model_dir: Path) -> None:
+    """Each is one line, exit 2, before any decoding."""
+    from typer.testing import CliRunner
+
+    from asrkit.cli import app
+
+    rnnt = tiny_fused(tmp_path / "rnnt", "transducer")
+    lm = str(tmp_path / "digits.arpa")
+    cases = [
+        (rnnt, [], "nothing to tune: pass --lm LM"),
+        (rnnt, ["--lm", lm, "--ctc-weight-range", "0,0.5"], "--ctc-weight-range tunes joint CTC / attention"),
+        (rnnt, ["--lm", lm, "--alpha-range", "0,1"], "--alpha-range tune(s) CTC beam search"),
+        (rnnt, ["--lm", lm, "--backend", "asrkit"], "--backend tune(s) CTC beam search"),
+        (rnnt, ["--lm", lm, "--weight-range", "-1,1"], "--weight-range -1,1: need 0 <= MIN <= MAX"),
+        (rnnt, ["--lm", lm, "--bonus-range", "2,1"], "--bonus-range 2,1: need MIN <= MAX"),
+        (rnnt, ["--lm", lm, "--weight-range", "1"], "--weight-range '1': expected MIN,MAX"),
+        (rnnt, ["--weight-range", "0,1"], "--weight-range and --bonus-range weight a word LM"),
+        (model_dir, ["--lm", lm, "--weight-range", "0,1"], "--weight-range tune(s) the search of a transducer"),
+        (model_dir, [], "pass --lm LM"),
+    ]
+    for exp, extra, message in cases:
+        result = CliRunner().invoke(app, ["tune", str(exp), str(dev3), "--device", "cpu", "--no-progress", *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and "Traceback" not in result.output, (extra, result.output)
+    assert not (rnnt / "tune.json").exists()

@@ -18,7 +18,9 @@
 #   4 decode    asrkit evaluate on dev and test: without an LM (nolm: CTC greedy; LAS / RNN-T
 #               decode as their conf says), plus CTC beam search with the LM (CTC models only, when
 #               `asrkit evaluate` has --lm; alpha/beta tuned on dev when `asrkit tune` exists)
-#               -> $exp/decode/<decoder>/<split>.{json,txt}
+#               -> $exp/decode/<decoder>/<split>.{json,txt}. A conf that keeps epoch checkpoints
+#               (train.keep_epochs, e.g. conf/conformer_ctc_cpu.toml) decodes their average instead of best.pt:
+#               asrkit average --best min(5, keep_epochs) -> $exp/averaged-best<N>.pt
 #   5 score     WER / CER of every decode -> $exp/scores.txt (rewritten on every run)
 # Defaults: --model ds2 (conf/<model>.toml, exp/<model>), --an4-dir ../../../shared/data/an4 (its copy
 # has no test part: decoding then uses dev only), --dev-speakers 5, --data data.
