@@ -385,7 +385,8 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise AsrkitError(f"config file {path} not found; pass a TOML file such as recipes/fsdd/conf/ds2.toml")
+            raise AsrkitError(f"config file {path} not found; pass a TOML file such as "
+                              "recipes/fsdd/conf/deepspeech2.toml")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:

@@ -16,7 +16,7 @@ emissions with a known share of confusable and wrong characters; the 4-gram LM i
 other sentences of the same language (needs lmplz: `make kenlm`).
 
     python bench/ctc_decode.py                       # synthetic, beams 10 50 100
-    python bench/ctc_decode.py --model exp/ds2 --manifest data/dev.jsonl --lm exp/lm/digits.bin
+    python bench/ctc_decode.py --model exp/deepspeech2 --manifest data/dev.jsonl --lm exp/lm/digits.bin
 """
 
 from __future__ import annotations

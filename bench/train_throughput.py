@@ -20,9 +20,9 @@ gathers them into one table).
 
 3. --matrix (or --combos): every encoder x objective at its AN4 CPU recipe size, bare steps on synthetic CPU
    batches (16 utterances x 3 s, 80 mels, 40-character targets; 17 pieces for the unigram LAS confs):
-   ds2-ctc, las-attention, rnnt-transducer (recipes/an4/conf/{ds2,las,rnnt}_cpu.toml, their own encoders) and
-   the Conformer of conformer_ctc_cpu.toml under each objective: conformer-ctc, conformer-transducer
-   (rnnt_cpu.toml's predictor and joiner), conformer-attention (las_cpu.toml's speller, ctc_weight 0.3).
+   ds2-ctc, las-attention, rnnt-transducer (recipes/an4/conf/{deepspeech2,las,transducer}_cpu.toml, their own
+   encoders) and the Conformer of conformer_ctc_cpu.toml under each objective: conformer-ctc, conformer-transducer
+   (transducer_cpu.toml's predictor and joiner), conformer-attention (las_cpu.toml's speller, ctc_weight 0.3).
    Per combination: parameters; fp32 audio seconds per second of forward + backward + clip + AdamW; the FLOPs
    of one step (torch.utils.flop_counter.FlopCounterMode: matmuls, convolutions, attention, with formulas added
    for the CPU's flash attention and oneDNN LSTM kernels) and the FLOP/s they run at, against the fp32 peak
@@ -181,11 +181,11 @@ CONF = ROOT / "recipes" / "an4" / "conf"
 # name: (encoder, objective, recipe conf, overrides on top of it). "conformer" takes the [encoder] section of
 # conformer_ctc_cpu.toml (preset cpu: 8 blocks x 144, kernel 15, 32 subsampling channels) under the objective.
 COMBOS: dict[str, tuple[str, str, str, dict[str, dict[str, Any]]]] = {
-    "ds2-ctc": ("ds2 conv+biGRU", "ctc", "ds2_cpu.toml", {}),
+    "ds2-ctc": ("ds2 conv+biGRU", "ctc", "deepspeech2_cpu.toml", {}),
     "las-attention": ("pyramid biLSTM", "attention+ctc", "las_cpu.toml", {}),
-    "rnnt-transducer": ("biLSTM", "transducer", "rnnt_cpu.toml", {}),
+    "rnnt-transducer": ("biLSTM", "transducer", "transducer_cpu.toml", {}),
     "conformer-ctc": ("conformer", "ctc", "conformer_ctc_cpu.toml", {}),
-    "conformer-transducer": ("conformer", "transducer", "rnnt_cpu.toml", {"encoder": {}}),
+    "conformer-transducer": ("conformer", "transducer", "transducer_cpu.toml", {"encoder": {}}),
     "conformer-attention": ("conformer", "attention+ctc", "las_cpu.toml",
                             {"encoder": {}, "las": {"ctc_weight": 0.3}}),
 }

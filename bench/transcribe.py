@@ -5,8 +5,8 @@ Prints the real-time factor (wall seconds / audio seconds) over many files, and 
 output line (process start, imports, checkpoint, one short file). Targets for the small DeepSpeech2 on 2 cores:
 real-time factor <= 0.05 and start-up < 3 s.
 
-Without --model it saves an untrained small DeepSpeech2 (recipes/fsdd/conf/ds2.toml: the speed is the trained
-model's) and writes connected-digit files from the FSDD recordings in tests/assets.
+Without --model it saves an untrained small DeepSpeech2 (recipes/fsdd/conf/deepspeech2.toml: the speed is the
+trained model's) and writes connected-digit files from the FSDD recordings in tests/assets.
 
     python bench/transcribe.py [--model EXP] [--files 40] [--seconds 10] [--threads 2] [-- extra transcribe options]
 """
@@ -35,7 +35,7 @@ def make_model(folder: Path) -> Path:
     from asrkit.data.tokenizer import CharTokenizer
     from asrkit.models import build_model
 
-    cfg = load_config(ROOT / "recipes" / "fsdd" / "conf" / "ds2.toml")
+    cfg = load_config(ROOT / "recipes" / "fsdd" / "conf" / "deepspeech2.toml")
     tok = CharTokenizer.train(["zero one two three four five six seven eight nine"])
     feat = Featurizer(cfg.features)
     feat.fit_stats([0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0))])

@@ -13,7 +13,7 @@ cd "$(dirname "$recipe")" || exit
 # Defaults of the shared options (a recipe may change them before parsing its arguments).
 stage=0
 stop_stage=100
-model=ds2
+model=deepspeech2
 data=data
 exp=
 conf=
@@ -47,12 +47,17 @@ common_option() {
   esac
 }
 
-# check_model: --model is ds2, las or rnnt (else exit 2); --conf defaults to conf/<model>.toml.
+# check_model: --model is a model family, deepspeech2, las or transducer (the old names ds2 and rnnt still work,
+# with a note on stderr; anything else exits 2); --conf defaults to conf/<model>.toml.
 check_model() {
+  local new
   case "$model" in
-    ds2|las|rnnt) ;;
-    *) echo "run.sh: --model $model: choose ds2, las or rnnt (conf/<model>.toml)" >&2; exit 2 ;;
+    ds2) new=deepspeech2 ;;
+    rnnt) new=transducer ;;
+    deepspeech2|las|transducer) new=$model ;;
+    *) echo "run.sh: --model $model: choose deepspeech2, las or transducer (conf/<model>.toml)" >&2; exit 2 ;;
   esac
+  if [ "$new" != "$model" ]; then echo "note: --model $model is now --model $new" >&2; model=$new; fi
   conf=${conf:-conf/$model.toml}
 }
 

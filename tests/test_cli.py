@@ -68,7 +68,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_config_show_prints_the_resolved_config_as_toml() -> None:
-    conf = ROOT / "recipes" / "an4" / "conf" / "rnnt_cpu.toml"
+    conf = ROOT / "recipes" / "an4" / "conf" / "transducer_cpu.toml"
     code, out = run("config", "show", str(conf))
     assert code == 0
     assert re.findall(r"^\[(\w+)\]$", out, re.M) == [f.name for f in dataclasses.fields(Config)]  # every section
@@ -87,12 +87,13 @@ def test_config_show_prints_the_resolved_config_as_toml() -> None:
     ("features.noise_snr_db", [], "[10.0, 30.0]"),
 ])
 def test_config_show_key_prints_one_value(key: str, sets: list[str], value: str) -> None:
-    code, out = run("config", "show", str(ROOT / "recipes" / "an4" / "conf" / "rnnt_cpu.toml"), *sets, "--key", key)
+    code, out = run("config", "show", str(ROOT / "recipes" / "an4" / "conf" / "transducer_cpu.toml"), *sets,
+                    "--key", key)
     assert code == 0 and out == value + "\n"
 
 
 def test_config_show_errors(tmp_path: Path) -> None:
-    conf = ROOT / "recipes" / "an4" / "conf" / "rnnt_cpu.toml"
+    conf = ROOT / "recipes" / "an4" / "conf" / "transducer_cpu.toml"
     code, out = run("config", "show", str(conf), "--key", "model.nope")
     assert code == 2 and "unknown config key model.nope; valid keys in [model]: " in out and "family" in out
     code, out = run("config", "show", str(conf), "--key", "modle.family")

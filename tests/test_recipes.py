@@ -19,7 +19,7 @@ from test_prepare_an4 import make_an4
 from test_prepare_librispeech import make_librispeech
 
 from asrkit import lm_build
-from asrkit.config import load_config
+from asrkit.config import FAMILIES, load_config
 from asrkit.errors import AsrkitError
 from asrkit.models import MODELS
 
@@ -75,12 +75,13 @@ def test_run_sh_help(script: Path) -> None:
     assert bad.returncode == 2 and "unknown option --no-such-option" in bad.stderr
 
 
-# The model family a conf's name implies: run.sh's --model ds2|las|rnnt picks conf/<model>.toml (variants are
-# conf/<model>_<variant>.toml), fsdd's demo.toml is the small DeepSpeech2 of `make demo`, and conformer_ctc is a
-# Conformer encoder trained with CTC (the deepspeech2 family with [encoder] kind "conformer").
-CONF_FAMILIES = {"ds2": "deepspeech2", "demo": "deepspeech2", "conformer_ctc": "deepspeech2", "las": "las",
-                 "rnnt": "transducer", "conformer_attention": "las", "conformer_transducer": "transducer",
-                 "an4_fsdd": "", "ds2_sp": "deepspeech2", "rnnt_sp": "transducer", "las_sp": "las"}
+# The model family a conf's name implies: run.sh's --model FAMILY (deepspeech2|las|transducer, the [model] family
+# names) picks conf/<family>.toml (variants are conf/<family>_<variant>.toml), fsdd's demo.toml is the small
+# DeepSpeech2 of `make demo`, and conformer_ctc is a Conformer encoder trained with CTC (the deepspeech2 family with
+# [encoder] kind "conformer").
+CONF_FAMILIES = {"deepspeech2": "deepspeech2", "demo": "deepspeech2", "conformer_ctc": "deepspeech2", "las": "las",
+                 "transducer": "transducer", "conformer_attention": "las", "conformer_transducer": "transducer",
+                 "an4_fsdd": "", "deepspeech2_sp": "deepspeech2", "transducer_sp": "transducer", "las_sp": "las"}
 
 
 @pytest.mark.parametrize("conf", CONFS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
@@ -102,7 +103,7 @@ def test_conf_loads(conf: Path) -> None:
 def test_every_corpus_recipe_has_the_three_models_and_results() -> None:
     for corpus in ("librispeech", "commonvoice", "an4"):
         folder = RECIPES / corpus
-        assert {p.name for p in (folder / "conf").glob("*.toml")} >= {"ds2.toml", "las.toml", "rnnt.toml"}
+        assert {p.name for p in (folder / "conf").glob("*.toml")} >= {f"{family}.toml" for family in FAMILIES}
         assert (folder / "run.sh").is_file() and (folder / "RESULTS.md").is_file()
 
 
@@ -249,9 +250,10 @@ def stub_calls(log: Path) -> list[str]:
     return [c for c in log.read_text().splitlines() if not c.endswith("--help") and not c.startswith("config show")]
 
 
-@pytest.mark.parametrize(("model", "sets", "ctc"), [("ds2", [], True), ("las", [], False),
-                                                   ("ds2", ["--set", "train.lr=0.01"], True)],
-                         ids=["ds2", "las", "ds2-set"])
+@pytest.mark.parametrize(("model", "sets", "ctc"), [("deepspeech2", [], True), ("las", [], False),
+                                                   ("transducer", [], False),
+                                                   ("deepspeech2", ["--set", "train.lr=0.01"], True)],
+                         ids=["deepspeech2", "las", "transducer", "deepspeech2-set"])
 def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, sets: list[str], ctc: bool,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Stages 3-5 against a stub asrkit whose CLI has `lm build`, `tune` and `evaluate --lm`: the word LM is
@@ -273,7 +275,7 @@ def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, sets:
         assert len(evaluations) == 4 and evaluations[-1].endswith(f"--decode-params {tuned}")
         assert [line.split(":")[0] for line in scores] == ["dev nolm", "test nolm", "dev lm", "test lm"]
         assert evaluations[0].endswith("--greedy")
-    else:  # LAS: no CTC beam search; the model decodes as its conf says
+    else:  # LAS / transducer: no CTC beam search; the model decodes as its conf says
         assert len(evaluations) == 2 and not any("--greedy" in c or "--lm" in c for c in evaluations)
         assert [line.split(":")[0] for line in scores] == ["dev nolm", "test nolm"]
     assert all(line.endswith("WER 12.50%  CER 5.00%  (2 utterances; report r.json)") for line in scores)
@@ -281,8 +283,8 @@ def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, sets:
 
 @pytest.mark.parametrize(("conf", "sets", "epochs", "k"),
                          [("conf/conformer_ctc_cpu.toml", [], 7, 5),
-                          ("conf/ds2.toml", ["--set", "train.keep_epochs=3"], 3, 3),
-                          ("conf/ds2.toml", ["--set", "train.keep_epochs=4"], 2, 2)],
+                          ("conf/deepspeech2.toml", ["--set", "train.keep_epochs=3"], 3, 3),
+                          ("conf/deepspeech2.toml", ["--set", "train.keep_epochs=4"], 2, 2)],
                          ids=["keep10", "keep3-set", "keep4-two-kept"])
 def test_decode_stage_decodes_the_averaged_checkpoint(tmp_path: Path, conf: str, sets: list[str], epochs: int,
                                                       k: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,7 +346,48 @@ def test_decode_stage_with_an_unreadable_conf_exits_2(tmp_path: Path, monkeypatc
                           str(exp), "--set", "model.nope=1"], capture_output=True, text=True, env=_env(bin_dir))
     assert bad.returncode == 2, bad.stderr
     assert "error: " in bad.stderr and "unknown config key model.nope" in bad.stderr  # the conf may be named
-    assert "run.sh: cannot read model.family of conf/ds2.toml" in bad.stderr
+    assert "run.sh: cannot read model.family of conf/deepspeech2.toml" in bad.stderr
+
+
+@pytest.mark.parametrize(("model", "family"), [("deepspeech2", "deepspeech2"), ("las", "las"),
+                                               ("transducer", "transducer"), ("ds2", "deepspeech2"),
+                                               ("rnnt", "transducer")])
+def test_model_option_takes_the_family_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str,
+                                             family: str) -> None:
+    """--model is a [model] family: conf/<family>.toml (whose model.family it is) and exp/<family> by default. The
+    old names ds2 and rnnt still work, mapped to the family with one note on stderr."""
+    assert family in FAMILIES
+    bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "one two")
+    note = [] if model == family else [f"note: --model {model} is now --model {family}"]
+    # AN4's decode stage reads model.family of the conf --model picked (the stub asks the real asrkit)
+    out = run_recipe(RECIPES / "an4" / "run.sh", "--stage", "4", "--stop-stage", "4", "--model", model, "--data",
+                     str(data), "--exp", str(exp), "--device", "cpu", bin_dir=bin_dir)
+    assert [line for line in out.stderr.splitlines() if line.startswith("note: ")] == note, out.stderr
+    assert f"config show conf/{family}.toml --key model.family" in log.read_text().splitlines(), log.read_text()
+    assert all(c.startswith(f"evaluate {exp} ") for c in stub_calls(log)), stub_calls(log)
+    # FSDD's sample stage transcribes with the default exp/<family> (the stub writes nothing there)
+    log.write_text("")
+    out = run_recipe(FSDD_SCRIPT, "--stage", "3", "--stop-stage", "3", "--model", model, "--data", str(data),
+                     "--device", "cpu", bin_dir=bin_dir)
+    assert [line for line in out.stderr.splitlines() if line.startswith("note: ")] == note, out.stderr
+    assert [c.split()[:4] for c in stub_calls(log)] == [["transcribe", f"exp/{family}", "--device", "cpu"]], \
+        log.read_text()
+
+def test_model_option_default_and_unknown_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --model a recipe uses deepspeech2 (conf/deepspeech2.toml, exp/deepspeech2); a name that is not a
+    family nor an old alias exits 2 listing the valid ones, before any stage runs."""
+    bin_dir, data, _, log = stub_recipe_dirs(tmp_path, monkeypatch, "one two")
+    out = run_recipe(FSDD_SCRIPT, "--stage", "3", "--stop-stage", "3", "--data", str(data), "--device", "cpu",
+                     bin_dir=bin_dir)
+    assert "note: " not in out.stderr and stub_calls(log)[0].startswith("transcribe exp/deepspeech2 "), log.read_text()
+    log.write_text("")
+    for script in RUN_SCRIPTS:
+        for name in ("rnn", "DS2", "conformer"):
+            bad = subprocess.run(["bash", str(script), "--model", name, "--data", str(data)], capture_output=True,
+                                 text=True, env=_env(bin_dir))
+            assert bad.returncode == 2, (script, name, bad.stderr)
+            assert f"run.sh: --model {name}: choose deepspeech2, las or transducer" in bad.stderr, bad.stderr
+    assert log.read_text() == ""
 
 
 def _missing_kenlm_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

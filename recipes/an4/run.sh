@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CMU AN4 (census: names, letters, digits; 50 min train) with DeepSpeech2, LAS or an RNN-Transducer,
 # staged like icefall's prepare.sh:
-#   ./run.sh [--stage N] [--stop-stage N] [--model ds2|las|rnnt] [--an4-dir DIR] [--dev-speakers N]
-#            [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm] [--lm-order N]
-#            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
+#   ./run.sh [--stage N] [--stop-stage N] [--model deepspeech2|las|transducer] [--an4-dir DIR]
+#            [--dev-speakers N] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm]
+#            [--lm-order N] [--workers N]
+#            [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 #            [--extra-data DIR ...]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
 #   0 prepare   asrkit prepare an4: train (minus --dev-speakers speakers -> dev), test when the corpus has it
@@ -22,8 +23,9 @@
 #               (train.keep_epochs, e.g. conf/conformer_ctc_cpu.toml) decodes their average instead of best.pt:
 #               asrkit average --best min(5, keep_epochs) -> $exp/averaged-best<N>.pt
 #   5 score     WER / CER of every decode -> $exp/scores.txt (rewritten on every run)
-# Defaults: --model ds2 (conf/<model>.toml, exp/<model>), --an4-dir ../../../shared/data/an4 (its copy
-# has no test part: decoding then uses dev only), --dev-speakers 5, --data data.
+# Defaults: --model deepspeech2 (conf/<model>.toml, exp/<model>; --model names a model family, the old ds2 and
+# rnnt still work), --an4-dir ../../../shared/data/an4 (its copy has no test part: decoding then uses dev only),
+# --dev-speakers 5, --data data.
 # Only the asrkit CLI is called (plus shell basics). Paths are relative to this folder.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../common.sh

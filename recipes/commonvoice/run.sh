@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Mozilla Common Voice (one locale of a release) with DeepSpeech2, LAS or an RNN-Transducer, staged like
 # icefall's prepare.sh:
-#   ./run.sh --cv-dir DIR [--lang xx] [--stage N] [--stop-stage N] [--model ds2|las|rnnt] [--min-upvotes N]
-#            [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm] [--lm-order N]
-#            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
+#   ./run.sh --cv-dir DIR [--lang xx] [--stage N] [--stop-stage N] [--model deepspeech2|las|transducer]
+#            [--min-upvotes N] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm]
+#            [--lm-order N] [--workers N]
+#            [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
 #   0 prepare   asrkit prepare commonvoice: the release's train/dev/test.tsv (or validated.tsv divided by
 #               speaker when those are absent), MP3 -> 16 kHz FLAC cache in $data/flac (resumable)
@@ -19,8 +20,8 @@
 #               -> $exp/decode/<decoder>/<split>.{json,txt}
 #   5 score     WER / CER of every decode -> $exp/scores.txt (rewritten on every run)
 # --cv-dir is the locale's folder of an extracted release (clips/ and the .tsv files), e.g.
-# cv-corpus-17.0-2024-03-15/en. Defaults: --lang en, --model ds2 (conf/<model>.toml), --data data/<lang>,
-# --exp exp/<lang>/<model>, --min-upvotes 0.
+# cv-corpus-17.0-2024-03-15/en. Defaults: --lang en, --model deepspeech2 (conf/<model>.toml; --model names a
+# model family, the old ds2 and rnnt still work), --data data/<lang>, --exp exp/<lang>/<model>, --min-upvotes 0.
 # Only the asrkit CLI is called (plus shell basics). Paths are relative to this folder.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../common.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FSDD connected digits (TIDIGITS style) with DeepSpeech2, staged like icefall's prepare.sh:
-#   ./run.sh [--stage N] [--stop-stage N] [--fsdd DIR] [--model ds2|las|rnnt] [--conf FILE] [--data DIR]
-#            [--exp DIR] [--set key=value ...] [--no-lm] [--lm-order N] [--workers N (prepare)]
+#   ./run.sh [--stage N] [--stop-stage N] [--fsdd DIR] [--model deepspeech2|las|transducer] [--conf FILE]
+#            [--data DIR] [--exp DIR] [--set key=value ...] [--no-lm] [--lm-order N] [--workers N (prepare)]
 #            [--device DEV (decoding; training reads train.device)]
 # Stages (0, 1 and 4 skip themselves when their .done marker or output exists; delete it to redo the stage):
 #   0 prepare   train / speaker-disjoint dev (theo) / official test, connected digits -> data/
@@ -14,8 +14,9 @@
 #               kept in $exp/decode/lm_tune.json), asrkit evaluate on dev and test
 #               -> $exp/decode/lm/<split>.{json,txt}, summary in $exp/scores_lm.txt
 #               (skipped without stage 4's LM or with --no-lm; CTC models only)
-# Defaults: --fsdd ../../../shared/data/fsdd, --model ds2 (conf/<model>.toml, exp/<model>), --data data,
-# --lm-order 4. Stage 5's weights stay out of $exp/tune.json, so stages 2 and 3 still decode without the LM.
+# Defaults: --fsdd ../../../shared/data/fsdd, --model deepspeech2 (conf/<model>.toml, exp/<model>; --model names
+# a model family, the old ds2 and rnnt still work), --data data, --lm-order 4. Stage 5's weights stay out of
+# $exp/tune.json, so stages 2 and 3 still decode without the LM.
 # Only the asrkit CLI is called. Run from anywhere; paths are relative to this folder.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../common.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LibriSpeech (openslr.org/12) with DeepSpeech2, LAS or an RNN-Transducer, staged like icefall's prepare.sh:
 #   ./run.sh (--corpus-dir DIR | --download) [--subsets LIST] [--stage N] [--stop-stage N]
-#            [--model ds2|las|rnnt] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...]
+#            [--model deepspeech2|las|transducer] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...]
 #            [--lm-text librispeech-lm-norm.txt.gz] [--lm-order N] [--lm-prune LIST] [--no-lm]
 #            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
@@ -23,8 +23,9 @@
 #               -> $exp/decode/<decoder>/<split>.{json,txt}
 #   5 score     WER / CER of every decode -> $exp/scores.txt (rewritten on every run)
 # Defaults: --subsets all seven (960 h of training audio; for 100 h give
-# train-clean-100,dev-clean,dev-other,test-clean,test-other), --model ds2 (conf/<model>.toml, exp/<model>),
-# --data data, --lm-order 4. A mirror for --download: $ASRKIT_LIBRISPEECH_URL.
+# train-clean-100,dev-clean,dev-other,test-clean,test-other), --model deepspeech2 (conf/<model>.toml,
+# exp/<model>; --model names a model family, the old ds2 and rnnt still work), --data data, --lm-order 4.
+# A mirror for --download: $ASRKIT_LIBRISPEECH_URL.
 # Only the asrkit CLI is called (plus shell basics). Paths are relative to this folder.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../common.sh
