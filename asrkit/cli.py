@@ -5,16 +5,23 @@ Heavy modules (torch, torchaudio) are imported inside the commands so `--help` s
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from asrkit.cli_common import (  # noqa: F401  (the exit codes: asrkit.cli.EXIT_* for scripts and tests)
+    EXIT_CODES_HELP,
+    EXIT_CRASH,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USER_ERROR,
+    user_errors,
+)
 from asrkit.cli_decode import (
     AlphaOpt,
     BeamOpt,
@@ -35,41 +42,10 @@ from asrkit.cli_decode import (
 from asrkit.cli_prepare import prepare_app
 from asrkit.errors import AsrkitError
 
-# Exit codes, the same for every command (scripts such as recipes/*/run.sh rely on them).
-EXIT_OK = 0  # everything was done
-EXIT_CRASH = 1  # an unexpected error: Python's own code for an uncaught exception (a bug; the traceback says where)
-EXIT_USER_ERROR = 2  # bad input found before any work was done: the one-line message says what to fix
-EXIT_PARTIAL = 3  # finished, but some inputs failed or were skipped: each is named with the reason
-EXIT_INTERRUPTED = 130  # Ctrl-C
-EXIT_CODES_HELP = (f"Exit codes: {EXIT_OK} everything done; {EXIT_USER_ERROR} an error in the input, found before "
-                   f"any work (the message says how to fix it); {EXIT_PARTIAL} finished, but some inputs failed or "
-                   f"were skipped (each is named with the reason, and a summary line counts them); {EXIT_CRASH} an "
-                   f"unexpected error (a bug: please report it with the traceback); {EXIT_INTERRUPTED} interrupted.")
-
 app = typer.Typer(help="End-to-end speech recognition: prepare corpora, train, transcribe, evaluate.",
                   epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 app.add_typer(prepare_app, name="prepare")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """Print an AsrkitError as one line `error: ...` and exit with EXIT_USER_ERROR (2), without a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except AsrkitError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -4,33 +4,16 @@ adds to the `asrkit` app). Like every command, each parses and validates, then c
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from asrkit.cli_common import EXIT_PARTIAL, user_errors
 from asrkit.errors import AsrkitError
 
 prepare_app = typer.Typer(help="Turn a corpus into JSONL manifests (one per split) in OUT.", no_args_is_help=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """asrkit.cli.user_errors (AsrkitError -> one line `error: ...`, exit code 2), looked up when the command runs:
-    asrkit.cli imports this module, so this module cannot import asrkit.cli while it loads."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from asrkit.cli import user_errors as handled
-
-        return handled(func)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
 
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -52,8 +35,6 @@ def _print_summary(result: Any) -> None:
         typer.echo(f"... and {len(result.skipped) - SHOW_SKIPPED:,} more, in {result.report_path}", err=True)
     typer.echo(result.summary())
     if result.skipped:
-        from asrkit.cli import EXIT_PARTIAL
-
         raise typer.Exit(EXIT_PARTIAL)
 
 
