@@ -64,7 +64,7 @@ class EncoderConfig:
     RNNs, the LAS listener, the transducer's LSTMs: sized in [model], [las], [transducer]); "conformer" puts a
     Conformer (asrkit.models.encoders) under any objective, sized by the keys below (or a preset)."""
 
-    kind: str = ""  # "" (the family's own) | conformer
+    kind: str = ""  # "" (the family's own) | conformer | conv_rnn (DeepSpeech2's, sized by [model], any objective)
     preset: str = ""  # conformer sizes: cpu | s | m (the paper's S and M); keys set here override it
     d_model: int = 144  # model width
     layers: int = 8  # Conformer blocks
@@ -205,7 +205,7 @@ CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("model", "family"): FAMILIES,
     ("model", "rnn_type"): ("gru", "lstm"),
     ("model", "norm"): ("batch", "layer"),
-    ("encoder", "kind"): ("", "conformer"),
+    ("encoder", "kind"): ("", "conformer", "conv_rnn"),
     ("encoder", "conv_norm"): ("layer", "batch"),
     ("encoder", "subsampling"): (4, 6, 8),
     ("las", "attention"): ("dot", "additive", "location"),
@@ -335,11 +335,11 @@ def check_used(config: Config, overrides: dict[str, dict[str, Any]], where: str)
         ("encoder", [k for k in overrides.get("encoder", {}) if k not in ("kind", "preset")],
          'encoder.kind = "conformer" (this model uses its family\'s own encoder)'),
         ("model", [k for k in overrides.get("model", {}) if k in DS2_KEYS],
-         'model.family = "deepspeech2" with its own encoder (encoder.kind = "")'),
+         'model.family = "deepspeech2" with its own encoder, or encoder.kind = "conv_rnn"'),
     ]
     for section, keys, needs in unused:
-        used = {"las": family == "las", "transducer": family == "transducer", "encoder": kind != "",
-                "model": family == "deepspeech2" and kind == ""}[section]
+        used = {"las": family == "las", "transducer": family == "transducer", "encoder": kind == "conformer",
+                "model": (family == "deepspeech2" and kind == "") or kind == "conv_rnn"}[section]
         if keys and not used:
             raise AsrkitError(f"{where}: [{section}] {', '.join(keys)} set, but this model does not use [{section}]"
                               f"{' ' + section + ' sizes' if section == 'model' else ''}: they apply with {needs}; "

@@ -106,7 +106,7 @@ def test_presets_and_sizes() -> None:
 
 
 @pytest.mark.parametrize(("sections", "message"), [
-    ({"encoder": {"kind": "conformr"}}, "unknown encoder.kind 'conformr'; valid: '', conformer"),
+    ({"encoder": {"kind": "conformr"}}, "unknown encoder.kind 'conformr'; valid: '', conformer, conv_rnn"),
     ({"encoder": {"preset": "xl"}}, "unknown encoder.preset 'xl'; valid presets: cpu, s, m"),
     ({"encoder": {"kind": "conformer", "subsampling": 5}}, "unknown encoder.subsampling 5; valid: 4, 6, 8"),
     ({"model": {"family": "lass"}}, "unknown model.family 'lass'; valid: deepspeech2, las, transducer"),

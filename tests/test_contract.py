@@ -37,6 +37,7 @@ OBJECTIVE_SIZES: dict[str, dict[str, Any]] = {  # the objective's own sizes, wha
 CONFORMER = {"kind": "conformer", "d_model": 16, "layers": 1, "heads": 2, "ff_mult": 2, "conv_kernel": 3,
              "dropout": 0.0}
 TRANSFORMER = {"decoder": "transformer", "decoder_dim": 8, "decoder_layers": 2, "decoder_heads": 2, "decoder_ff": 16}
+CONV_RNN = {"conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16}  # DeepSpeech2's encoder, tiny
 # each family under each encoder kind, plus the attention objective with its Transformer decoder
 CASES = [(family, kind) for family in MODELS for kind in ENCODERS] + [("las", "+transformer"),
                                                                       ("las", "conformer+transformer")]
@@ -48,6 +49,9 @@ def sections(family: str, kind: str) -> dict[str, dict[str, Any]]:
     if encoder == "":
         for name, values in OWN_SIZES[family].items():
             out.setdefault(name, {}).update(values)
+    elif encoder == "conv_rnn":  # e.g. a DS2 encoder under the transducer objective
+        out["encoder"] = {"kind": "conv_rnn"}
+        out["model"].update(CONV_RNN)
     else:
         out["encoder"] = CONFORMER
     if family in OBJECTIVE_SIZES:

@@ -8,20 +8,24 @@ from collections.abc import Callable
 from asrkit.config import Config
 from asrkit.errors import AsrkitError
 from asrkit.models.ctc import CTCModel
-from asrkit.models.deepspeech2 import DeepSpeech2
+from asrkit.models.deepspeech2 import ConvRNNEncoder, DeepSpeech2
 from asrkit.models.encoders import ConformerEncoder
 from asrkit.models.las import build_las
 from asrkit.models.layers import ASRModel, EncoderModule
 from asrkit.models.transducer import Encoder, Joiner, Predictor, Transducer
 
-ENCODERS = ("", "conformer")  # "": the family's own encoder
+ENCODERS = ("", "conformer", "conv_rnn")  # "": the family's own encoder; conv_rnn: DeepSpeech2's, sized by [model]
 
 
-def _encoder(config: Config, n_feats: int) -> ConformerEncoder | None:
+def _encoder(config: Config, n_feats: int) -> EncoderModule | None:
     """The [encoder] the config asks for, or None for the family's own."""
-    e = config.encoder
+    e, m = config.encoder, config.model
     if e.kind == "":
         return None
+    if e.kind == "conv_rnn":
+        return ConvRNNEncoder(n_feats, conv_layers=m.conv_layers, conv_channels=m.conv_channels, rnn_type=m.rnn_type,
+                              rnn_layers=m.rnn_layers, rnn_hidden=m.rnn_hidden, bidirectional=m.bidirectional,
+                              norm=m.norm, relu_clip=m.relu_clip, dropout=m.dropout)
     return ConformerEncoder(n_feats, d_model=e.d_model, layers=e.layers, heads=e.heads, ff_mult=e.ff_mult,
                             conv_kernel=e.conv_kernel, subsampling=e.subsampling,
                             subsampling_channels=e.subsampling_channels, conv_norm=e.conv_norm, dropout=e.dropout)

@@ -16,7 +16,7 @@ from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.decoding import ctc_decode
-from asrkit.models.layers import ASRModel, RecurrentLayer, length_mask, make_norm, pack, unpack
+from asrkit.models.layers import ASRModel, EncoderModule, RecurrentLayer, length_mask, make_norm, pack, unpack
 from asrkit.records import Batch, Emissions, Hypothesis
 from asrkit.search import SearchOptions
 
@@ -58,6 +58,37 @@ class ConvFrontEnd(nn.Module):
             x = x * length_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
         b, c, f, t = x.shape
         return x.permute(0, 3, 1, 2).reshape(b, t, c * f), lengths  # (B, T', C*F')
+
+
+class ConvRNNEncoder(EncoderModule):
+    """DeepSpeech2's encoder alone (conv front end, recurrent stack, output norm), for another objective
+    (`encoder.kind = "conv_rnn"`, sized by [model]): (B, T, F) -> (B, T', H); padded frames are zero."""
+
+    def __init__(self, n_feats: int, *, conv_layers: int = 2, conv_channels: int = 32, rnn_type: str = "gru",
+                 rnn_layers: int = 3, rnn_hidden: int = 256, bidirectional: bool = True, norm: str = "batch",
+                 relu_clip: float = 20.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if rnn_layers < 1:
+            raise ValueError(f"rnn_layers must be at least 1, got {rnn_layers}")
+        self.conv = ConvFrontEnd(n_feats, conv_layers, conv_channels, relu_clip)
+        self.rnns = nn.ModuleList(
+            RecurrentLayer(self.conv.out_dim if i == 0 else rnn_hidden, rnn_hidden, rnn_type, bidirectional,
+                           norm=None if i == 0 else norm)
+            for i in range(rnn_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.out_norm = make_norm(norm, rnn_hidden)
+        self.n_feats, self.out_dim, self.time_reduction = n_feats, rnn_hidden, self.conv.time_reduction
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.conv(feats, feat_lens)  # (B, T', D)
+        packed = pack(x, lengths)
+        for i, rnn in enumerate(self.rnns):
+            if i > 0 and self.dropout.p > 0:
+                packed = packed._replace(data=self.dropout(packed.data))
+            packed = rnn(packed)
+        packed = packed._replace(data=self.out_norm(packed.data))
+        return unpack(packed, x.shape[1]), lengths  # (B, T', H)
 
 
 class DeepSpeech2(ASRModel):
