@@ -8,17 +8,13 @@ H hidden units, V vocabulary (blank = 0).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
-from asrkit.data.tokenizer import Tokenizer
-from asrkit.decoding import ctc_decode
-from asrkit.models.layers import ASRModel, EncoderModule, RecurrentLayer, length_mask, make_norm, pack, unpack
-from asrkit.records import Batch, Emissions, Hypothesis
-from asrkit.search import SearchOptions
+from asrkit.models.ctc import CTCObjective
+from asrkit.models.layers import EncoderModule, RecurrentLayer, length_mask, make_norm, pack, unpack
 
 # (kernel (freq, time), stride (freq, time)) of each convolution, from the paper's best 2-D setups.
 CONV_SPECS = [((41, 11), (2, 2)), ((21, 11), (2, 1)), ((21, 11), (2, 1))]
@@ -60,6 +56,35 @@ class ConvFrontEnd(nn.Module):
         return x.permute(0, 3, 1, 2).reshape(b, t, c * f), lengths  # (B, T', C*F')
 
 
+Stack = tuple[ConvFrontEnd, nn.ModuleList, nn.Dropout, nn.Module]  # conv front end, RNNs, dropout, output norm
+
+
+def build_stack(n_feats: int, conv_layers: int, conv_channels: int, rnn_type: str, rnn_layers: int, rnn_hidden: int,
+                bidirectional: bool, norm: str, relu_clip: float, dropout: float) -> Stack:
+    """DeepSpeech2's encoder layers (shared by the DeepSpeech2 model and ConvRNNEncoder)."""
+    if rnn_layers < 1:
+        raise ValueError(f"rnn_layers must be at least 1, got {rnn_layers}")
+    conv = ConvFrontEnd(n_feats, conv_layers, conv_channels, relu_clip)
+    rnns = nn.ModuleList(
+        RecurrentLayer(conv.out_dim if i == 0 else rnn_hidden, rnn_hidden, rnn_type, bidirectional,
+                       norm=None if i == 0 else norm)
+        for i in range(rnn_layers)
+    )
+    return conv, rnns, nn.Dropout(dropout), make_norm(norm, rnn_hidden)
+
+
+def run_stack(stack: Stack, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[PackedSequence, torch.Tensor, int]:
+    """feats (B, T, F) -> the normalised RNN output as a packed sequence of (N, H), lengths (B,), T'."""
+    conv, rnns, dropout, out_norm = stack
+    x, lengths = conv(feats, feat_lens)  # (B, T', D)
+    packed = pack(x, lengths)
+    for i, rnn in enumerate(rnns):
+        if i > 0 and dropout.p > 0:
+            packed = packed._replace(data=dropout(packed.data))
+        packed = rnn(packed)
+    return packed._replace(data=out_norm(packed.data)), lengths, x.shape[1]
+
+
 class ConvRNNEncoder(EncoderModule):
     """DeepSpeech2's encoder alone (conv front end, recurrent stack, output norm), for another objective
     (`encoder.kind = "conv_rnn"`, sized by [model]): (B, T, F) -> (B, T', H); padded frames are zero."""
@@ -68,78 +93,38 @@ class ConvRNNEncoder(EncoderModule):
                  rnn_layers: int = 3, rnn_hidden: int = 256, bidirectional: bool = True, norm: str = "batch",
                  relu_clip: float = 20.0, dropout: float = 0.0) -> None:
         super().__init__()
-        if rnn_layers < 1:
-            raise ValueError(f"rnn_layers must be at least 1, got {rnn_layers}")
-        self.conv = ConvFrontEnd(n_feats, conv_layers, conv_channels, relu_clip)
-        self.rnns = nn.ModuleList(
-            RecurrentLayer(self.conv.out_dim if i == 0 else rnn_hidden, rnn_hidden, rnn_type, bidirectional,
-                           norm=None if i == 0 else norm)
-            for i in range(rnn_layers)
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.out_norm = make_norm(norm, rnn_hidden)
+        self.conv, self.rnns, self.dropout, self.out_norm = build_stack(
+            n_feats, conv_layers, conv_channels, rnn_type, rnn_layers, rnn_hidden, bidirectional, norm, relu_clip,
+            dropout)
         self.n_feats, self.out_dim, self.time_reduction = n_feats, rnn_hidden, self.conv.time_reduction
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, lengths = self.conv(feats, feat_lens)  # (B, T', D)
-        packed = pack(x, lengths)
-        for i, rnn in enumerate(self.rnns):
-            if i > 0 and self.dropout.p > 0:
-                packed = packed._replace(data=self.dropout(packed.data))
-            packed = rnn(packed)
-        packed = packed._replace(data=self.out_norm(packed.data))
-        return unpack(packed, x.shape[1]), lengths  # (B, T', H)
+        packed, lengths, frames = run_stack((self.conv, self.rnns, self.dropout, self.out_norm), feats, feat_lens)
+        return unpack(packed, frames), lengths  # (B, T', H)
 
 
-class DeepSpeech2(ASRModel):
+class DeepSpeech2(CTCObjective):
+    """The conv + RNN stack with its own bias-free output layer; its CTC loss keeps zero_infinity off, so an
+    impossible alignment shows as a non-finite loss (the trainer counts and skips such steps)."""
+
+    zero_infinity = False
+
     def __init__(self, n_feats: int, vocab_size: int, *, conv_layers: int = 2, conv_channels: int = 32,
                  rnn_type: str = "gru", rnn_layers: int = 3, rnn_hidden: int = 256, bidirectional: bool = True,
                  norm: str = "batch", relu_clip: float = 20.0, dropout: float = 0.0) -> None:
         super().__init__()
-        if rnn_layers < 1:
-            raise ValueError(f"rnn_layers must be at least 1, got {rnn_layers}")
-        self.conv = ConvFrontEnd(n_feats, conv_layers, conv_channels, relu_clip)
+        self.conv, self.rnns, self.dropout, self.out_norm = build_stack(
+            n_feats, conv_layers, conv_channels, rnn_type, rnn_layers, rnn_hidden, bidirectional, norm, relu_clip,
+            dropout)
         self.time_reduction = self.conv.time_reduction
-        self.rnns = nn.ModuleList(
-            RecurrentLayer(self.conv.out_dim if i == 0 else rnn_hidden, rnn_hidden, rnn_type, bidirectional,
-                           norm=None if i == 0 else norm)
-            for i in range(rnn_layers)
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.out_norm = make_norm(norm, rnn_hidden)
         self.fc = nn.Linear(rnn_hidden, vocab_size, bias=False)
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> log_probs (B, T', V) in float32, lengths (B,)."""
-        x, lengths = self.conv(feats, feat_lens)  # (B, T', D)
-        packed = pack(x, lengths)
-        for i, rnn in enumerate(self.rnns):
-            if i > 0 and self.dropout.p > 0:
-                packed = packed._replace(data=self.dropout(packed.data))
-            packed = rnn(packed)
-        packed = packed._replace(data=self.fc(self.out_norm(packed.data)))
-        logits = unpack(packed, x.shape[1])  # (B, T', V)
+        packed, lengths, frames = run_stack((self.conv, self.rnns, self.dropout, self.out_norm), feats, feat_lens)
+        logits = unpack(packed._replace(data=self.fc(packed.data)), frames)  # (B, T', V)
         return F.log_softmax(logits.float(), dim=-1), lengths
 
     def compile_blocks(self) -> list[nn.Module]:
         """The convolution blocks (conv + BatchNorm + clipped ReLU, fused by inductor)."""
         return list(self.conv.blocks)
-
-    def ctc_emissions(self, feats: torch.Tensor, feat_lens: torch.Tensor, frame_shift: float) -> Emissions:
-        """`frame_shift` is the feature hop in seconds; the emissions' is that times the time reduction."""
-        log_probs, lengths = self(feats, feat_lens)
-        return Emissions(log_probs, lengths, frame_shift * self.time_reduction)
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """CTC loss summed over each utterance, averaged over the batch."""
-        log_probs, lengths = self(batch.feats, batch.feat_lens)
-        return F.ctc_loss(log_probs.transpose(0, 1), batch.targets, lengths, batch.target_lens,
-                          blank=0, reduction="sum", zero_infinity=False) / len(batch.ids)
-
-    @torch.no_grad()
-    def decode(self, feats: torch.Tensor, feat_lens: torch.Tensor, search: SearchOptions, lm: Any = None, *,
-               tokenizer: Tokenizer, frame_shift: float = 0.01) -> list[list[Hypothesis]]:
-        """Greedy (best path), or beam search over the emissions with search.lm (`lm`: an asrkit.lm.WordLM of it,
-        else loaded here once per process)."""
-        search = self.resolve_search(search)
-        return ctc_decode(self.ctc_emissions(feats, feat_lens, frame_shift), tokenizer, search, lm)
