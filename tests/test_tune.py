@@ -104,12 +104,11 @@ def test_decode_params_file_round_trip(tmp_path: Path, arpa: Path) -> None:
 # ------------------------------------------------------------------------------------- with a checkpoint
 
 
-def tiny_ds2(exp: Path, decode: dict | None = None) -> Path:
-    """An untrained tiny DeepSpeech2 over the letters of "zero one two" (the wiring is tested, not accuracy), its
-    [decode] set to `decode`."""
+def tiny_checkpoint(exp: Path, sections: dict) -> Path:
+    """An untrained tiny model of `sections` over the letters of "zero one two" (the wiring is tested, not accuracy),
+    saved to exp/best.pt."""
     exp.mkdir(parents=True, exist_ok=True)
-    cfg = build_config({"model": {"conv_layers": 1, "conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16},
-                        "features": {"n_mels": 40}, "decode": decode or {}})
+    cfg = build_config({"features": {"n_mels": 40}, **sections})
     tok = CharTokenizer.train(["zero one two"])
     feat = Featurizer(cfg.features)
     feat.fit_stats([0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(0))])
@@ -117,6 +116,12 @@ def tiny_ds2(exp: Path, decode: dict | None = None) -> Path:
     net = build_model(cfg, 40, len(tok.vocab)).eval()
     save_checkpoint(exp / "best.pt", config=cfg, tokenizer=tok, featurizer=feat, model=net)
     return exp
+
+
+def tiny_ds2(exp: Path, decode: dict | None = None) -> Path:
+    """An untrained tiny DeepSpeech2, its [decode] set to `decode`."""
+    return tiny_checkpoint(exp, {"model": {"conv_layers": 1, "conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16},
+                                 "decode": decode or {}})
 
 
 @pytest.fixture(scope="module")
@@ -356,17 +361,8 @@ FUSED_SIZES: dict[str, dict] = {
 
 
 def tiny_fused(exp: Path, family: str) -> Path:
-    """An untrained tiny transducer, or attention model (LAS) with a CTC head, over the letters of "zero one two",
-    saved to exp/best.pt (the wiring is tested, not accuracy)."""
-    exp.mkdir(parents=True, exist_ok=True)
-    cfg = build_config({"model": {"family": family}, "features": {"n_mels": 40}, **FUSED_SIZES[family]})
-    tok = CharTokenizer.train(["zero one two"])
-    feat = Featurizer(cfg.features)
-    feat.fit_stats([0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(0))])
-    torch.manual_seed(0)
-    net = build_model(cfg, 40, len(tok.vocab)).eval()
-    save_checkpoint(exp / "best.pt", config=cfg, tokenizer=tok, featurizer=feat, model=net)
-    return exp
+    """An untrained tiny transducer, or attention model (LAS) with a CTC head."""
+    return tiny_checkpoint(exp, {"model": {"family": family}, **FUSED_SIZES[family]})
 
 
 @pytest.fixture()
