@@ -103,14 +103,17 @@ def prepare_librispeech(
     out_dir: Annotated[Path, typer.Argument(help="Where to write <subset>.jsonl manifests, skipped.tsv and, when "
                                             "extracting or downloading, download/.")],
     subsets: Annotated[str, typer.Option(help="Comma-separated subsets: dev-clean, dev-other, test-clean, test-other, "
-                                         "train-clean-100, train-clean-360, train-other-500.")],
+                                         "train-clean-100, train-clean-360, train-other-500, and Mini "
+                                         "LibriSpeech's dev-clean-2, train-clean-5.")],
     corpus_dir: Annotated[Path | None, typer.Option(help="Folder holding an extracted LibriSpeech/<subset>/ (or "
                                                     "<subset>/) or the <subset>.tar.gz files.")] = None,
     download: Annotated[bool, typer.Option(help="Fetch subsets not found locally from openslr.org into "
-                                           "OUT/download/ (resumable, MD5-checked).")] = False,
+                                           "OUT/download/ (resumable; MD5-checked for the full corpus).")] = False,
     base_url: Annotated[str | None, typer.Option(help="Mirror to download from instead of openslr.org "
                                                  "(default: $ASRKIT_LIBRISPEECH_URL if set).")] = None,
     workers: Annotated[int, typer.Option(help="Threads measuring durations.")] = 4,
+    dev_speakers: Annotated[str, typer.Option(help="Comma-separated speaker ids whose utterances leave the train-* "
+                                              "subsets for a speaker-disjoint dev-heldout.jsonl.")] = "",
 ) -> None:
     """Prepare LibriSpeech: one manifest per subset, with speaker and chapter. Exit code 3 when some files were
     skipped (listed in skipped.tsv)."""
@@ -120,7 +123,8 @@ def prepare_librispeech(
         raise AsrkitError("give --corpus-dir (an extracted LibriSpeech or its .tar.gz files) or --download")
     _check_workers(workers)
     _print_summary(librispeech.prepare(out_dir, subsets=_split_list(subsets), corpus_dir=corpus_dir,
-                                       download=download, base_url=base_url, workers=workers))
+                                       download=download, base_url=base_url, workers=workers,
+                                       dev_speakers=_split_list(dev_speakers)))
 
 
 @prepare_app.command("commonvoice")

@@ -22,6 +22,8 @@ from asrkit.errors import AsrkitError
 from asrkit.progress import say
 
 LIBRISPEECH_URL = "https://www.openslr.org/resources/12"
+MINI_LIBRISPEECH_URL = "https://www.openslr.org/resources/31"  # dev-clean-2, train-clean-5 (no MD5 recorded here)
+MINI_LIBRISPEECH_SUBSETS = ("dev-clean-2", "train-clean-5")
 LIBRISPEECH_URL_ENV = "ASRKIT_LIBRISPEECH_URL"  # overrides LIBRISPEECH_URL (a mirror, or a test server)
 
 # Official archive MD5s, as published in https://www.openslr.org/resources/12/md5sum.txt.
@@ -40,7 +42,8 @@ _CHUNK = 1 << 20
 
 def librispeech_url(subset: str, base_url: str | None = None) -> str:
     """URL of `<subset>.tar.gz`: `base_url`, else $ASRKIT_LIBRISPEECH_URL, else the official OpenSLR one."""
-    base = base_url or os.environ.get(LIBRISPEECH_URL_ENV) or LIBRISPEECH_URL
+    official = MINI_LIBRISPEECH_URL if subset in MINI_LIBRISPEECH_SUBSETS else LIBRISPEECH_URL
+    base = base_url or os.environ.get(LIBRISPEECH_URL_ENV) or official
     return f"{base.rstrip('/')}/{subset}.tar.gz"
 
 

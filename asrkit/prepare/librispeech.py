@@ -31,8 +31,11 @@ from asrkit.prepare.common import PrepareResult, check_writable, finish, keep_me
 from asrkit.progress import say
 from asrkit.records import Failure, Utterance
 
-SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
-           "train-other-500")
+FULL_SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
+                "train-other-500")
+MINI_SUBSETS = ("dev-clean-2", "train-clean-5")  # Mini LibriSpeech (openslr.org/31), same layout
+SUBSETS = FULL_SUBSETS + MINI_SUBSETS
+HELDOUT = "dev-heldout"  # the split that --dev-speakers moves training speakers into
 _DONE = ".{subset}.extracted"  # marker in out_dir/download: extraction of that subset finished
 
 
@@ -46,9 +49,14 @@ class _Line:
 
 
 def prepare(out_dir: Path, *, subsets: Sequence[str], corpus_dir: Path | None = None, download: bool = False,
-            base_url: str | None = None, workers: int = 4) -> PrepareResult:
-    """Write `out_dir/<subset>.jsonl` for each subset (see the module docstring for where subsets are found)."""
+            base_url: str | None = None, workers: int = 4, dev_speakers: Sequence[str] = ()) -> PrepareResult:
+    """Write `out_dir/<subset>.jsonl` for each subset (see the module docstring for where subsets are found),
+    and `dev-heldout.jsonl` with the utterances of `dev_speakers` taken out of the train-* subsets."""
     subsets = check_subsets(subsets)
+    heldout = list(dict.fromkeys(s.strip() for s in dev_speakers if s.strip()))
+    if heldout and not any(s.startswith("train-") for s in subsets):
+        raise AsrkitError(f"--dev-speakers {','.join(heldout)} needs a train-* subset in --subsets to take them "
+                          f"from (got {', '.join(subsets)})")
     out_dir = Path(out_dir)
     if corpus_dir is not None and not Path(corpus_dir).is_dir():
         raise AsrkitError(f"{corpus_dir}: corpus folder not found; give the folder holding LibriSpeech/ or the "
@@ -59,7 +67,33 @@ def prepare(out_dir: Path, *, subsets: Sequence[str], corpus_dir: Path | None = 
     for subset in subsets:
         subset_dir = locate_subset(subset, out_dir, corpus_dir=corpus_dir, download=download, base_url=base_url)
         splits[subset] = _read_subset(subset_dir, out_dir, skipped, workers)
+    if heldout:
+        splits[HELDOUT] = hold_out(splits, heldout)
     return finish(out_dir, splits, skipped)
+
+
+def hold_out(splits: dict[str, list[Utterance]], speakers: list[str]) -> list[Utterance]:
+    """Move every utterance of `speakers` out of the train-* splits (in place); return them. AsrkitError naming
+    the speakers that no train-* subset has, or when no training speaker would be left."""
+    chosen = set(speakers)
+    train = [name for name in splits if name.startswith("train-")]
+    present = {u.speaker for name in train for u in splits[name]}
+    missing = [s for s in speakers if s not in present]
+    if missing:
+        raise AsrkitError(f"--dev-speakers: speaker(s) {', '.join(missing)} not in {', '.join(train)} (its "
+                          f"speakers: {', '.join(sorted(present, key=_speaker_key)[:40])})")
+    if present <= chosen:
+        raise AsrkitError(f"--dev-speakers holds out every speaker of {', '.join(train)}; leave some for training")
+    moved: list[Utterance] = []
+    for name in train:
+        moved += [u for u in splits[name] if u.speaker in chosen]
+        splits[name] = [u for u in splits[name] if u.speaker not in chosen]
+    return moved
+
+
+def _speaker_key(speaker: str | None) -> tuple[int, str]:
+    text = speaker or ""
+    return (int(text), text) if text.isdigit() else (1 << 62, text)
 
 
 def check_subsets(subsets: Sequence[str]) -> list[str]:

@@ -2,13 +2,16 @@
 # LibriSpeech (openslr.org/12) with DeepSpeech2, LAS or an RNN-Transducer, staged like icefall's prepare.sh:
 #   ./run.sh (--corpus-dir DIR | --download) [--subsets LIST] [--stage N] [--stop-stage N]
 #            [--model deepspeech2|las|transducer] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...]
-#            [--lm-text librispeech-lm-norm.txt.gz] [--lm-order N] [--lm-prune LIST] [--no-lm]
+#            [--dev-speakers LIST] [--lm-text librispeech-lm-norm.txt.gz] [--lm-order N] [--lm-prune LIST] [--no-lm]
 #            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
 #   0 prepare   asrkit prepare librispeech, one subset at a time ($data/<subset>.jsonl, marker
 #               $data/.<subset>.done; problems in $data/skipped.<subset>.tsv), from --corpus-dir (extracted
 #               or tarballs) or downloaded with --download into $data/download; then train.jsonl = the
-#               train-* subsets together, dev.jsonl = the first dev-* subset (dev WER while training)
+#               train-* subsets together, dev.jsonl = the first dev-* subset (dev WER while training); with
+#               --dev-speakers (e.g. Mini LibriSpeech: --subsets train-clean-5 --dev-speakers
+#               4640,5789,2136,3664) those speakers leave the train-* subsets for dev-heldout, which becomes
+#               the dev set
 #   1 check     manifest summary (utterances, hours, speakers) -> $data/summary.txt. There is no tokenizer
 #               stage: `asrkit train` trains the tokenizer of $conf's [tokenizer] (chars or sentencepiece)
 #               on train.jsonl and stores it in the checkpoint.
@@ -38,11 +41,13 @@ lm_text=
 lm_prune=
 lm_prune_given=false
 lm_order=4
+dev_speakers=
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus-dir) corpus_dir=$2; shift 2 ;;
     --download) download=true; shift ;;
     --subsets) subsets=$2; shift 2 ;;
+    --dev-speakers) dev_speakers=$2; shift 2 ;;
     --lm-text) lm_text=$2; shift 2 ;;
     --lm-prune) lm_prune=$2; lm_prune_given=true; shift 2 ;;
     *) common_option "$@"; shift "$nargs" ;;
@@ -52,13 +57,15 @@ check_model
 exp=${exp:-exp/$model}
 IFS=, read -r -a subset_list <<< "$subsets"
 train_subsets=(); dev_subsets=(); eval_subsets=()
+if [ -n "$dev_speakers" ]; then dev_subsets+=(dev-heldout); eval_subsets+=(dev-heldout); fi
 for s in "${subset_list[@]}"; do
   case "$s" in
     train-*) train_subsets+=("$s") ;;
     dev-*) dev_subsets+=("$s"); eval_subsets+=("$s") ;;
     test-*) eval_subsets+=("$s") ;;
     *) echo "run.sh: unknown subset $s in --subsets (dev-clean, dev-other, test-clean, test-other," \
-         "train-clean-100, train-clean-360, train-other-500)" >&2; exit 2 ;;
+         "train-clean-100, train-clean-360, train-other-500; Mini LibriSpeech: dev-clean-2, train-clean-5)" >&2
+       exit 2 ;;
   esac
 done
 if [ -n "$lm_text" ]; then
@@ -79,7 +86,10 @@ if run_stage 0; then
     mkdir -p "$data"
     rm -f "$data/skipped.tsv"
     rc=0
-    asrkit prepare librispeech "$data" --subsets "$s" --workers "$workers" "${source_opts[@]}" || rc=$?
+    split_opts=()
+    case "$s" in train-*) [ -n "$dev_speakers" ] && split_opts=(--dev-speakers "$dev_speakers") ;; esac
+    asrkit prepare librispeech "$data" --subsets "$s" --workers "$workers" "${source_opts[@]}" \
+      "${split_opts[@]}" || rc=$?
     if [ -f "$data/skipped.tsv" ]; then mv "$data/skipped.tsv" "$data/skipped.$s.tsv"; fi
     ok_or_skipped "$rc" "$data/skipped.$s.tsv"
     touch "$data/.$s.done"
@@ -101,7 +111,7 @@ if run_stage 0; then
 fi
 
 if run_stage 1; then
-  manifests=(); for s in "${subset_list[@]}"; do manifests+=("$data/$s.jsonl"); done
+  manifests=(); for s in "${subset_list[@]}" "${dev_subsets[@]:0:1}"; do manifests+=("$data/$s.jsonl"); done
   stage_check 1 "${manifests[@]}"
 fi
 
