@@ -171,3 +171,32 @@ def test_a_rerun_measures_nothing_again(tmp_path: Path, monkeypatch: pytest.Monk
     librispeech.prepare(out, subsets=["dev-clean"], corpus_dir=corpus)
     assert (out / "dev-clean.jsonl").read_text(encoding="utf-8") == manifest
     _check_dev_clean(out)
+
+
+def test_mini_librispeech_subset_and_held_out_speakers(tmp_path: Path) -> None:
+    """train-clean-5 (Mini LibriSpeech) is a known subset; --dev-speakers moves a speaker to dev-heldout."""
+    corpus, out = make_librispeech(tmp_path / "corpus", subset="train-clean-5"), tmp_path / "out"
+    result = librispeech.prepare(out, subsets=["train-clean-5"], corpus_dir=corpus, dev_speakers=["174"])
+    train = [json.loads(line) for line in (out / "train-clean-5.jsonl").read_text(encoding="utf-8").splitlines()]
+    dev = [json.loads(line) for line in (out / "dev-heldout.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["speaker"] for r in train} == {"84"} and len(train) == 2
+    assert {r["speaker"] for r in dev} == {"174"} and len(dev) == 2
+    assert sorted(result.splits) == ["dev-heldout", "train-clean-5"]
+
+
+def test_held_out_speakers_must_exist_and_leave_some_for_training(tmp_path: Path) -> None:
+    corpus = make_librispeech(tmp_path / "corpus", subset="train-clean-5")
+    with pytest.raises(AsrkitError, match=r"speaker\(s\) 9999 not in train-clean-5 \(its speakers: 84, 174\)"):
+        librispeech.prepare(tmp_path / "a", subsets=["train-clean-5"], corpus_dir=corpus, dev_speakers=["174", "9999"])
+    with pytest.raises(AsrkitError, match="holds out every speaker of train-clean-5"):
+        librispeech.prepare(tmp_path / "b", subsets=["train-clean-5"], corpus_dir=corpus, dev_speakers=["84", "174"])
+    dev_only = make_librispeech(tmp_path / "c")
+    with pytest.raises(AsrkitError, match="needs a train-\\* subset"):
+        librispeech.prepare(tmp_path / "d", subsets=["dev-clean"], corpus_dir=dev_only, dev_speakers=["84"])
+
+
+def test_mini_subsets_download_from_openslr_31(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(download.LIBRISPEECH_URL_ENV, raising=False)
+    assert download.librispeech_url("train-clean-5") == "https://www.openslr.org/resources/31/train-clean-5.tar.gz"
+    assert download.librispeech_url("dev-clean") == "https://www.openslr.org/resources/12/dev-clean.tar.gz"
+    assert download.librispeech_url("dev-clean-2", "http://mirror/x/") == "http://mirror/x/dev-clean-2.tar.gz"

@@ -207,6 +207,19 @@ def test_librispeech_recipe_prepares_subsets_one_at_a_time(tmp_path: Path) -> No
     assert bad.returncode == 2 and "unknown subset clean-100" in bad.stderr
 
 
+@pytest.mark.slow
+def test_librispeech_recipe_on_mini_librispeech_holds_out_dev_speakers(tmp_path: Path) -> None:
+    corpus, data = tmp_path / "corpus", tmp_path / "data"
+    make_librispeech(corpus, "train-clean-5")
+    script = RECIPES / "librispeech" / "run.sh"
+    out = run_recipe(script, "--corpus-dir", str(corpus), "--data", str(data), "--stop-stage", "1", "--workers", "1",
+                     "--subsets", "train-clean-5", "--dev-speakers", "174").stdout
+    assert {r["speaker"] for r in _lines(data / "dev.jsonl")} == {"174"}
+    assert _lines(data / "dev.jsonl") == _lines(data / "dev-heldout.jsonl")
+    assert {r["speaker"] for r in _lines(data / "train.jsonl")} == {"84"}
+    assert "dev-heldout: 2 utterances" in out and "train-clean-5: 2 utterances" in out
+
+
 # A stand-in for an `asrkit` that has `lm build`, `tune`, `average` and `evaluate --lm`: it logs its arguments,
 # writes the files the real one would (the LM's .bin, tune's --out, `average EXP --best N`'s
 # EXP/averaged-best<N>.pt) and prints an evaluate line. `config show` (how the recipes read their conf) is the
