@@ -200,3 +200,17 @@ def test_mini_subsets_download_from_openslr_31(monkeypatch: pytest.MonkeyPatch) 
     assert download.librispeech_url("train-clean-5") == "https://www.openslr.org/resources/31/train-clean-5.tar.gz"
     assert download.librispeech_url("dev-clean") == "https://www.openslr.org/resources/12/dev-clean.tar.gz"
     assert download.librispeech_url("dev-clean-2", "http://mirror/x/") == "http://mirror/x/dev-clean-2.tar.gz"
+
+
+def test_speaker_gender_and_book_from_the_corpus_metadata(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    corpus = make_librispeech(tmp_path / "corpus")
+    root = corpus / "LibriSpeech"
+    (root / "SPEAKERS.TXT").write_text(";ID  |SEX| SUBSET | MINUTES | NAME\n84 | F | dev-clean | 8.02 | Christie\n"
+                                       "174 | M | dev-clean | 8.04 | Peter\nbroken line\n", encoding="utf-8")
+    (root / "CHAPTERS.TXT").write_text("; comment\n121123 | 84 | 8.02 | dev-clean | 1 | 1184 | Ch. | Book\n",
+                                       encoding="utf-8")
+    librispeech.prepare(tmp_path / "out", subsets=["dev-clean"], corpus_dir=corpus)
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "dev-clean.jsonl").read_text().splitlines())}
+    assert rows["84-121123-0000"]["gender"] == "F" and rows["84-121123-0000"]["book_id"] == "1184"
+    assert rows["174-50561-0000"]["gender"] == "M" and "book_id" not in rows["174-50561-0000"]
+    assert "SPEAKERS.TXT:4: not a 'SPEAKERS.TXT' line" in capsys.readouterr().err

@@ -160,7 +160,7 @@ def _read_subset(subset_dir: Path, out_dir: Path, skipped: list[Failure], worker
     for line in lines.values():
         skipped.append(Failure(path=line.where, reason=f"transcript line for {line.utt_id} but no audio file "
                                                        f"{line.utt_id}.flac in its chapter folder"))
-    return _measure_pairs(paired, out_dir, skipped, workers)
+    return _measure_pairs(paired, out_dir, skipped, workers, read_metadata(subset_dir.parent))
 
 
 def _read_transcripts(subset_dir: Path, skipped: list[Failure]) -> dict[str, _Line]:
@@ -184,8 +184,8 @@ def _read_transcripts(subset_dir: Path, skipped: list[Failure]) -> dict[str, _Li
     return lines
 
 
-def _measure_pairs(paired: list[tuple[Path, _Line]], out_dir: Path, skipped: list[Failure],
-                   workers: int) -> list[Utterance]:
+def _measure_pairs(paired: list[tuple[Path, _Line]], out_dir: Path, skipped: list[Failure], workers: int,
+                   meta: dict[tuple[str, str], dict[str, str]]) -> list[Utterance]:
     pending: list[tuple[Path, Utterance]] = []
     for flac, line in paired:
         text = normalize_text(line.text)
@@ -193,5 +193,29 @@ def _measure_pairs(paired: list[tuple[Path, _Line]], out_dir: Path, skipped: lis
             skipped.append(Failure(path=line.where, reason=f"empty transcript for {line.utt_id}"))
             continue
         speaker, chapter = flac.parent.parent.name, flac.parent.name
-        pending.append((flac, Utterance(line.utt_id, str(flac.resolve()), 0.0, text, speaker, {"chapter": chapter})))
+        extra = {"chapter": chapter}
+        extra.update(meta.get(("speaker", speaker), {}))
+        extra.update(meta.get(("chapter", chapter), {}))
+        pending.append((flac, Utterance(line.utt_id, str(flac.resolve()), 0.0, text, speaker, extra)))
     return keep_measured(pending, skipped, workers, out_dir)
+
+
+def read_metadata(root: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """('speaker', id) -> {'gender': 'F'|'M'} from root/SPEAKERS.TXT and ('chapter', id) -> {'book_id': ...} from
+    root/CHAPTERS.TXT (pipe-separated, ';' comments), for the files that exist. A line that does not parse is
+    named on stderr and left out of the metadata (the utterances are kept either way)."""
+    meta: dict[tuple[str, str], dict[str, str]] = {}
+    tables = (("SPEAKERS.TXT", "speaker", 1, "gender"), ("CHAPTERS.TXT", "chapter", 5, "book_id"))
+    for name, kind, column, key in tables:
+        path = root / name
+        if not path.is_file():
+            continue
+        for lineno, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not raw.strip() or raw.lstrip().startswith(";"):
+                continue
+            fields = [f.strip() for f in raw.split("|")]
+            if len(fields) <= column or not fields[0] or not fields[column]:
+                say(f"{path}:{lineno}: not a '{name}' line with {column + 1}+ '|'-separated fields; ignored")
+                continue
+            meta[(kind, fields[0])] = {key: fields[column]}
+    return meta
