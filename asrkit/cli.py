@@ -39,6 +39,7 @@ from asrkit.cli_decode import (
     decode_request,
     transcribe_stream,
 )
+from asrkit.cli_lm import lm_app
 from asrkit.cli_prepare import prepare_app
 from asrkit.errors import AsrkitError
 
@@ -154,7 +155,6 @@ def _show_config(sections: dict[str, dict[str, Any]], key: str | None) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-lm_app = typer.Typer(help="Word n-gram language models (KenLM) for CTC beam search.", no_args_is_help=True)
 app.add_typer(lm_app, name="lm")
 
 
@@ -164,31 +164,6 @@ def _parse_range(value: str, option: str) -> tuple[float, float]:
     except ValueError:
         raise AsrkitError(f"{option} {value!r}: expected MIN,MAX, e.g. {option} 0,2") from None
     return low, high
-
-
-@lm_app.command("build")
-@user_errors
-def lm_build(
-    text: Annotated[list[Path], typer.Argument(help="Training text: plain or .gz files (a sentence a line) or "
-                                               "JSONL manifests (their text fields).")],
-    out: Annotated[Path, typer.Option(help="Output stem: writes OUT.arpa, OUT.bin (KenLM binary, for --lm) and "
-                                      "OUT.unigrams.txt.")],
-    order: Annotated[int, typer.Option(help="N-gram order.")] = 4,
-    prune: Annotated[str, typer.Option(help="lmplz --prune counts per order, e.g. 0,1,1 drops singleton 2- and "
-                                       "3-grams.")] = "",
-    memory: Annotated[str, typer.Option(help="lmplz -S: memory for sorting, e.g. 20% or 2G.")] = "20%",
-    normaliser: Annotated[str | None, typer.Option(help="Text normaliser (asrkit.data.text.NORMALISERS), e.g. "
-                                                   "default, commonvoice-en; by default the one `asrkit prepare` "
-                                                   "recorded beside the manifests given, else default.")] = None,
-) -> None:
-    """Train a word n-gram LM with KenLM's lmplz on text normalised like the transcripts (needs `make kenlm`)."""
-    from asrkit.lm_build import build_lm
-
-    try:
-        counts = [int(p) for p in prune.split(",") if p.strip()]
-    except ValueError:
-        raise AsrkitError(f"--prune {prune!r}: expected integers like 0,1,1") from None
-    typer.echo(build_lm(text, out, order=order, prune=counts, memory=memory, normaliser=normaliser).summary())
 
 
 @app.command()

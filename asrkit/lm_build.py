@@ -83,6 +83,12 @@ def read_lm_text(paths: Sequence[str | Path], normaliser: str = DEFAULT,
     """Sentences of text files (plain or .gz, one sentence a line) or JSONL manifests (their `text` fields),
     through the named normaliser. Empty lines are skipped; lines the normaliser refuses are skipped and counted
     in `refused`."""
+    return (text for _, _, text in read_numbered_lm_text(paths, normaliser, refused))
+
+
+def read_numbered_lm_text(paths: Sequence[str | Path], normaliser: str = DEFAULT,
+                          refused: Refused | None = None) -> Iterator[tuple[Path, int, str]]:
+    """`read_lm_text`, each sentence with its file and line number (1-based)."""
     normalise = get_normaliser(normaliser)
     for path in paths:
         path = Path(path)
@@ -103,7 +109,7 @@ def read_lm_text(paths: Sequence[str | Path], normaliser: str = DEFAULT,
                         refused.lines += 1
                         refused.first = refused.first or f"{path}:{lineno}: {problem}"
                     if text:
-                        yield text
+                        yield path, lineno, text
         except (OSError, EOFError, UnicodeDecodeError) as err:
             raise AsrkitError(f"{path}: cannot read it as UTF-8 text{' (gzip)' if opener is gzip.open else ''}: "
                               f"{err}") from None
@@ -144,17 +150,20 @@ class BuiltLM:
     vocabulary: int  # distinct words
     normaliser: str = DEFAULT  # the text normaliser the training text went through
     refused: Refused = field(default_factory=Refused)  # lines it refused, left out
+    excluded: str = ""  # what --exclude left out (asrkit.lm_text.Overlap.exclusion_summary), "" without it
 
     def summary(self) -> str:
         left_out = (f"; left out {self.refused.lines} line(s) the normaliser refused (first: {self.refused.first})"
                     if self.refused.lines else "")
         return (f"{self.order}-gram LM from {self.sentences} sentences ({self.words} words, vocabulary "
                 f"{self.vocabulary}) normalised by {self.normaliser} -> {self.binary} (+ {self.arpa.name}, "
-                f"{self.unigrams.name}); decode with --lm {self.binary}{left_out}")
+                f"{self.unigrams.name}); decode with --lm {self.binary}{left_out}"
+                f"{f'; --exclude: {self.excluded}' if self.excluded else ''}")
 
 
 def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, prune: Sequence[int] = (),
-             memory: str = "20%", discount_fallback: bool = True, normaliser: str | None = None) -> BuiltLM:
+             memory: str = "20%", discount_fallback: bool = True, normaliser: str | None = None,
+             exclude: Sequence[str | Path] = (), exclude_window: int | None = None, trie: bool = False) -> BuiltLM:
     """Train a word n-gram with lmplz on normalised text, write OUT.arpa, OUT.bin and OUT.unigrams.txt.
 
     `normaliser` names the text normaliser (None: the one recorded beside the manifests among `texts`, else
@@ -162,7 +171,12 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
 
     `prune` are lmplz's --prune counts per order (e.g. 0 1 1: drop singleton 2- and 3-grams).
     `discount_fallback` lets lmplz estimate small or artificial corpora (such as digit strings) whose
-    count-of-counts break Kneser-Ney's discounts."""
+    count-of-counts break Kneser-Ney's discounts.
+    `exclude` are held-out manifests (dev, test): LM lines that leak their text are left out, by the rule of
+    asrkit.lm_text (a held-out transcript inside the line, or `exclude_window` (10) consecutive words shared with
+    one); the summary says how many and the held-out 5-gram overlap before and after.
+    `trie` stores the binary as KenLM's trie with 8-bit quantised weights (build_binary -q 8 -b 8 trie): a
+    third of the default probing table's size or less, for large LMs, at a little query speed."""
     if order < 2:
         raise AsrkitError(f"--order {order} must be at least 2 (KenLM's minimum; 3 to 5 is usual for words)")
     if len(prune) > order:
@@ -170,7 +184,12 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
                           "per order, e.g. --prune 0,1,1")
     if any(p < 0 for p in prune) or list(prune) != sorted(prune):
         raise AsrkitError(f"--prune {','.join(map(str, prune))}: thresholds must be >= 0 and non-decreasing")
-    normaliser = lm_normaliser(texts, normaliser)
+    normaliser = lm_normaliser([*texts, *exclude], normaliser)
+    held_out = None
+    if exclude:
+        from asrkit.lm_text import WINDOW, HeldOut, Overlap  # lm_text reads text with this module's readers
+
+        held_out = Overlap(HeldOut.from_manifests(exclude, normaliser, window=exclude_window or WINDOW))
     lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
     stem = lm_stem(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +200,8 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
 
     def corpus() -> Iterator[str]:  # the normalised text, counted as lmplz reads it
         for sentence in read_lm_text(texts, normaliser, refused):
+            if held_out is not None and not held_out.add(sentence):
+                continue
             tokens = sentence.split()
             vocab.update(tokens)
             counts["sentences"] += 1
@@ -201,10 +222,11 @@ def build_lm(texts: Sequence[str | Path], out: str | Path, *, order: int = 4, pr
             cmd.append("--discount_fallback")
         _pipe(itertools.chain([first], lines), cmd, "lmplz")  # streamed: no copy of a large corpus on disk
     with atomic_path(binary) as binary_tmp:
-        _run([str(build_binary), "-s", str(arpa), str(binary_tmp)], "build_binary")
+        layout = ["-q", "8", "-b", "8", "trie"] if trie else []
+        _run([str(build_binary), "-s", *layout, str(arpa), str(binary_tmp)], "build_binary")
     unigram_path.write_text("".join(w + "\n" for w in sorted(vocab)), encoding="utf-8")
     return BuiltLM(arpa, binary, unigram_path, order, counts["sentences"], counts["words"], len(vocab), normaliser,
-                   refused)
+                   refused, held_out.exclusion_summary() if held_out is not None else "")
 
 
 def _run(cmd: list[str], name: str) -> None:
