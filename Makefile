@@ -10,7 +10,7 @@ LM_STAMP := $(VENV)/.lm-installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,7 +18,7 @@ install: $(STAMP)
 # The LM extra (kenlm, pyctcdecode) plus KenLM's lmplz and build_binary, built from the kenlm sdist.
 $(LM_STAMP): $(STAMP) scripts/build_kenlm.sh
 	bash scripts/build_kenlm.sh --wheel-dir tools/kenlm/wheels tools/kenlm/bin
-	$(BIN)/python -m pip install -q -c constraints.txt --find-links tools/kenlm/wheels -e '.[dev,lm]'
+	$(BIN)/python -m pip install -q -c constraints.txt --find-links tools/kenlm/wheels -e '.[dev,lm,onnx]'
 	touch $(LM_STAMP)
 
 install-lm: $(LM_STAMP)

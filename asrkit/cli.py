@@ -169,7 +169,8 @@ def _parse_range(value: str, option: str) -> tuple[float, float]:
 @app.command()
 @user_errors
 def transcribe(
-    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), experiment folder (uses best.pt), or a folder "
+                                         "written by `asrkit export` (decoded with ONNX Runtime).")],
     audio: Annotated[list[Path], typer.Argument(help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels); "
                                                 "with --stream, '-' reads raw 16-bit mono PCM from standard input.")],
     out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
@@ -202,6 +203,11 @@ def transcribe(
     from asrkit.transcribe import hypothesis_json, transcribe_nbest
 
     if stream:
+        from asrkit.onnx.bundle import is_exported
+
+        if is_exported(model):
+            raise AsrkitError(f"--stream needs the PyTorch checkpoint; {model} is an exported ONNX model: "
+                              "transcribe the checkpoint with --stream, or drop --stream")
         if lm or beam_size or alpha is not None or beta is not None or hotword or nbest or decode_params or set_:
             raise AsrkitError("--stream decodes with the search in the model's [decode]; drop --lm, --beam-size, "
                               "--alpha, --beta, --hotword, --nbest, --set and --decode-params, or drop --stream")
@@ -232,7 +238,8 @@ def transcribe(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), experiment folder (uses best.pt), or a folder "
+                                         "written by `asrkit export` (decoded with ONNX Runtime).")],
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest with reference text.")],
     report: Annotated[Path | None, typer.Option(help="JSON report: overall and per-utterance errors "
                                                 "(default: <manifest stem>.report.json beside the model).")] = None,
@@ -252,18 +259,44 @@ def evaluate(
 ) -> None:
     """Word and character error rates of a model on a manifest. Exit code 3 when some utterances could not be read
     (they are named, left out of the WER and listed in the report)."""
-    from asrkit.checkpoint import resolve_checkpoint
     from asrkit.evaluate import evaluate as run
+    from asrkit.onnx.bundle import export_folder
 
     decode = decode_request(decode_params, greedy, lm, beam_size, alpha, beta, hotword, hotword_weight, None, set_)
     if report is None:
-        report = resolve_checkpoint(model).parent / f"{manifest.stem}.report.json"
+        folder = export_folder(model)
+        if folder is None:
+            from asrkit.checkpoint import resolve_checkpoint
+
+            folder = resolve_checkpoint(model).parent
+        report = folder / f"{manifest.stem}.report.json"
     result = run(model, manifest, report=report, device=device, batch_size=batch_size, decode=decode,
                  workers=workers, segment_seconds=checked_segment_seconds(segment_seconds))
     typer.echo(f"WER {result.wer:.2%}  CER {result.cer:.2%}  ({len(result.utterances)} utterances, "
                f"{result.decoding}; report {report})")
     _report_failures(result.failures, len(result.utterances) + len(result.failures), "utterances",
                      " (left out of the WER; listed in the report)", ids=True)
+
+
+class Quantize(StrEnum):
+    int8 = "int8"
+
+
+@app.command()
+@user_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or experiment folder (uses best.pt).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the ONNX graphs and asrkit-onnx.json to.")],
+    quantize: Annotated[Quantize | None, typer.Option(help="int8: dynamic quantisation of the weights (smaller, "
+                                                      "often faster on the CPU; measure the WER change).")] = None,
+) -> None:
+    """Export a model to ONNX (opset 17, dynamic batch and time) for ONNX Runtime: CTC models as model.onnx,
+    transducers as encoder.onnx, predictor.onnx and joiner.onnx, beside asrkit-onnx.json (tokenizer, features,
+    search settings). `asrkit transcribe OUT_DIR AUDIO` and `asrkit evaluate OUT_DIR MANIFEST` then decode with
+    onnxruntime, without PyTorch. Attention (LAS) models cannot be exported."""
+    from asrkit.onnx.export import export as run
+
+    typer.echo(run(model, out_dir, quantize=quantize.value if quantize else "").summary())
 
 
 class TuneMethod(StrEnum):

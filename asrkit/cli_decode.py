@@ -1,5 +1,5 @@
 """What `asrkit transcribe` and `asrkit evaluate` share: the search options (on top of the checkpoint's [decode]
-and a tune.json, asrkit.inference.choose_search), --segment-seconds, and `transcribe --stream`.
+and a tune.json, asrkit.request.choose), --segment-seconds, and `transcribe --stream`.
 
 Heavy modules (torch) are imported inside the functions so `--help` stays fast.
 """
@@ -16,8 +16,8 @@ import typer
 from asrkit.errors import AsrkitError
 
 if TYPE_CHECKING:
-    from asrkit.inference import DecodeRequest
     from asrkit.records import Failure
+    from asrkit.request import DecodeRequest
 
 LmOpt = Annotated[Path | None, typer.Option("--lm", help="KenLM model (.bin / .arpa from `asrkit lm build`): CTC "
                                             "models: beam search with this word LM; LAS: shallow fusion with a unit "
@@ -50,7 +50,7 @@ def decode_request(decode_params: Path | None, greedy: bool, lm: Path | None, be
                    nbest: int | None, sets: list[str] | None) -> DecodeRequest:
     """The search options given, as one request (named options over --set decode.KEY=VALUE)."""
     from asrkit.config import decode_sets
-    from asrkit.inference import DecodeRequest
+    from asrkit.request import DecodeRequest
 
     if beam_size is not None and beam_size < 1:
         raise AsrkitError(f"beam size {beam_size} must be at least 1 (try --beam-size 32)")

@@ -1,5 +1,6 @@
-"""Scoring: decode a manifest with any model (asrkit.inference), word and character error rates, and the JSON
-report (overall and per utterance)."""
+"""Scoring: decode a manifest with any model (asrkit.inference; an exported one with asrkit.onnx.runtime), word
+and character error rates, and the JSON report (overall and per utterance). torch is imported only to decode a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asrkit.checkpoint import load_checkpoint, pick_device
 from asrkit.data.manifest import read_manifest
-from asrkit.inference import DecodeRequest, decode_utterances, prepare_search, search_of
 from asrkit.io import atomic_write
 from asrkit.longform import DEFAULT_SEGMENT_SECONDS
 from asrkit.metrics import ErrorRate
+from asrkit.onnx.bundle import is_exported
 from asrkit.records import Failure, Hypothesis, Utterance
+from asrkit.request import DecodeRequest
 from asrkit.search import SearchOptions, ctc_beam, describe
 
 
@@ -54,7 +55,16 @@ def evaluate(model: str | Path, manifest: str | Path, *, report: str | Path | No
              batch_size: int = 16, decode: SearchOptions | DecodeRequest | None = None, workers: int = 0,
              segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> EvalResult:
     """Decode a manifest and score it; writes a JSON report (overall + per utterance) when asked. `decode`: the
-    search (None: the checkpoint's [decode]; a DecodeRequest: the command line's, asrkit.inference.choose_search)."""
+    search (None: the checkpoint's [decode]; a DecodeRequest: the command line's, asrkit.inference.choose_search).
+    An exported model (asrkit.onnx) runs on ONNX Runtime."""
+    if is_exported(model):
+        from asrkit.onnx.runtime import evaluate as on_onnx
+
+        return on_onnx(model, manifest, report=report, device=device, batch_size=batch_size, decode=decode,
+                       workers=workers, segment_seconds=segment_seconds)
+    from asrkit.checkpoint import load_checkpoint, pick_device
+    from asrkit.inference import decode_utterances, prepare_search, search_of
+
     loaded = load_checkpoint(model, pick_device(device))
     utts = read_manifest(manifest)
     search, lm = prepare_search(loaded, search_of(loaded, decode))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,12 +24,11 @@ from asrkit.decoding import DecoderPool
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.lm import load_fusion_lm
 from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, regroup, split_long
-from asrkit.progress import say
 from asrkit.records import Batch, Failure, Hypothesis, Utterance
-from asrkit.search import SearchOptions, ctc_beam, decode_params
+from asrkit.request import DECODE_PARAMS_NAME, DecodeRequest, choose  # noqa: F401  (DECODE_PARAMS_NAME: tune.py)
+from asrkit.search import SearchOptions, ctc_beam
 
 T = TypeVar("T")
-DECODE_PARAMS_NAME = "tune.json"  # beside the checkpoint: `asrkit tune` writes it, transcribe / evaluate read it
 CHUNK_UTTERANCES = 2048  # emissions held in memory at once before they are decoded: at most this many utterances
 CHUNK_SECONDS = 1200.0  # ... and this much audio (20 min at 50 frames/s and 30 tokens: 7 MB of float32)
 MIN_UTTERANCES_PER_WORKER = 4  # fewer utterances than this per process: decode in fewer processes
@@ -42,38 +39,10 @@ MIN_UTTERANCES_PER_WORKER = 4  # fewer utterances than this per process: decode 
 # ------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DecodeRequest:
-    """The search a command asks for on top of the checkpoint's [decode]: a decode-params file (default: tune.json
-    beside the checkpoint, unless an LM is given), greedy, and the settings given as options."""
-
-    params: str | Path | None = None  # --decode-params
-    greedy: bool = False  # --greedy: beam 1, no LM, no CTC scoring, no hotwords, whatever else says
-    settings: dict[str, Any] = field(default_factory=dict)  # SearchOptions fields given as options (--lm, --set ...)
-
-
 def choose_search(loaded: Loaded, request: DecodeRequest) -> SearchOptions:
     """The search of `request` for a loaded checkpoint (precedence: its [decode] < the decode-params file < the
-    options). Checked against the model when it decodes (`prepare_search`)."""
-    base = loaded.config.decode.search_options()
-    given = dict(request.settings)
-    if request.greedy:
-        if given or request.params is not None:
-            raise AsrkitError("--greedy cannot be combined with --lm, --beam-size, --alpha, --beta, --hotword, "
-                              "--nbest, --set or --decode-params; drop one of them")
-        return replace(base, beam_size=1, nbest=1, lm="", hotwords=(), ctc_weight=0.0, lm_weight=0.0)
-    params = request.params
-    auto = loaded.path.parent / DECODE_PARAMS_NAME
-    if params is None and "lm" not in given and auto.is_file():
-        params = auto
-        say(f"decoding with the LM settings of {auto} (tuned by `asrkit tune`; --greedy to not use them)")
-    settings = {**(decode_params(params) if params is not None else {}), **given}
-    if {"alpha", "beta"} & set(given) and not settings.get("lm", base.lm):
-        raise AsrkitError("--alpha and --beta weight a language model: pass --lm LM too (or --decode-params)")
-    try:
-        return replace(base, **settings)
-    except TypeError as err:
-        raise AsrkitError(str(err)) from None
+    options; asrkit.request.choose). Checked against the model when it decodes (`prepare_search`)."""
+    return choose(loaded.config.decode.search_options(), loaded.path.parent, request)
 
 
 def search_of(loaded: Loaded, decode: SearchOptions | DecodeRequest | None) -> SearchOptions:

@@ -1,12 +1,16 @@
-"""The records that flow between stages. No logic beyond conversion and `.to(device)`."""
+"""The records that flow between stages. No logic beyond conversion and `.to(device)`.
+
+torch is imported only where a tensor field is moved: the numpy-only paths (ONNX Runtime inference, asrkit.onnx)
+use these records without importing it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class _TensorFields:
         return self._map(lambda t: t.pin_memory() if t.numel() else t)  # an empty tensor has nothing to pin
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Self:
+        import torch
+
         tensors = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{k: fn(v) for k, v in tensors.items() if isinstance(v, torch.Tensor)})
 

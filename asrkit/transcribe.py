@@ -1,5 +1,6 @@
-"""Audio files -> transcripts: each file an utterance, decoded by asrkit.inference with the search asked for;
-the JSONL line of a hypothesis; attention pictures."""
+"""Audio files -> transcripts: each file an utterance, decoded by asrkit.inference with the search asked for (or,
+for a model exported by `asrkit export`, by asrkit.onnx.runtime on ONNX Runtime); the JSONL line of a hypothesis;
+attention pictures. torch is imported only to decode a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from asrkit.checkpoint import load_checkpoint, pick_device
 from asrkit.data.audio import audio_info
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.inference import DecodeRequest, decode_nbest, load_batches, prepare_search, search_of
 from asrkit.longform import DEFAULT_SEGMENT_SECONDS
+from asrkit.onnx.bundle import is_exported
 from asrkit.records import Failure, Hypothesis, Utterance
+from asrkit.request import DecodeRequest
 from asrkit.search import SearchOptions
 
 
@@ -35,7 +36,16 @@ def transcribe_nbest(model: str | Path, audio: Sequence[str | Path], *, device: 
                      ) -> tuple[list[tuple[str, list[Hypothesis]]], list[Failure]]:
     """Transcribe audio files: [(path, n-best hypotheses, best first)] in input order, and the files that failed.
     `decode`: the search (None: the checkpoint's [decode]; a DecodeRequest: the command line's). Files longer than
-    `segment_seconds` are cut at pauses and stitched (one hypothesis, timings from the file's start)."""
+    `segment_seconds` are cut at pauses and stitched (one hypothesis, timings from the file's start). An exported
+    model (asrkit.onnx) runs on ONNX Runtime."""
+    if is_exported(model):
+        from asrkit.onnx.runtime import transcribe_nbest as on_onnx
+
+        return on_onnx(model, audio, device=device, batch_size=batch_size, decode=decode, workers=workers,
+                       segment_seconds=segment_seconds)
+    from asrkit.checkpoint import load_checkpoint, pick_device
+    from asrkit.inference import decode_nbest, search_of
+
     loaded = load_checkpoint(model, pick_device(device))
     search = search_of(loaded, decode)
     utts, failures = files_to_utterances(audio)
@@ -70,6 +80,11 @@ def plot_alignments(model: str | Path, audio: Sequence[str | Path], out_dir: str
                     ) -> tuple[list[Path], list[Failure]]:
     """Write OUT_DIR/<audio stem>.png for each file: the attention alignment of its best hypothesis (output
     tokens down, encoder frames across). Needs a model with attention (`attention_weights`, e.g. las)."""
+    if is_exported(model):
+        raise AsrkitError(f"{model} is an exported ONNX model, without attention to plot; --plot-attention needs "
+                          "the checkpoint of an attention model (model.family = \"las\")")
+    from asrkit.checkpoint import load_checkpoint, pick_device
+    from asrkit.inference import load_batches, prepare_search, search_of
     from asrkit.models.attention_plot import plot_attention, token_labels
 
     loaded = load_checkpoint(model, pick_device(device))

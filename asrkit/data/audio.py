@@ -18,10 +18,12 @@ import re
 import stat
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where a tensor is made: the ONNX Runtime path (asrkit.onnx) reads audio without torch
+    import torch
 
 from asrkit.errors import AudioError
 from asrkit.records import Utterance
@@ -127,6 +129,8 @@ def to_mono(path: str | Path, data: np.ndarray, where: str = "") -> torch.Tensor
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
         raise AudioError(path, f"audio contains NaN or infinite samples{where}")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(mono))
 
 
@@ -160,7 +164,7 @@ def _resampler(orig_sr: int, new_sr: int) -> torch.nn.Module:
 def write_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
     import soundfile as sf
 
-    if isinstance(wave, torch.Tensor):
+    if not isinstance(wave, np.ndarray):  # a torch.Tensor
         wave = wave.detach().cpu().numpy()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), wave, sample_rate)
