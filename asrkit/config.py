@@ -124,6 +124,7 @@ class TransducerConfig:
     joint_dim: int = 320  # joint network: encoder and predictor projected to this size, added, tanh, -> vocab
     dropout: float = 0.1  # dropout after encoder layers, on the predictor's embeddings and outputs
     joint_max_elements: int = 50_000_000  # loss sub-batch cap on B*T'*(U+1)*(V+joint_dim); ~8 bytes each
+    ctc_weight: float = 0.0  # auxiliary CTC head on the encoder: loss = (1 - w) RNN-T + w CTC; 0 = no head
 
 
 @dataclass(frozen=True)

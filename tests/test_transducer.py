@@ -155,6 +155,26 @@ def test_training_steps_reduce_the_loss() -> None:
     assert losses[-1] < losses[0]
 
 
+def test_auxiliary_ctc_head_mixes_the_losses_and_trains_the_encoder() -> None:
+    batch = random_batch([30, 21], [4, 2], seed=4)
+    plain, mixed = make_model(seed=5), make_model(seed=5, ctc_weight=0.3)
+    assert plain.ctc is None and "ctc.weight" not in plain.state_dict()  # old checkpoints keep loading
+    assert mixed.ctc is not None
+    mixed.load_state_dict({**plain.state_dict(), **{f"ctc.{k}": v for k, v in mixed.ctc.state_dict().items()}})
+    plain.eval(), mixed.eval()
+    rnnt = plain.loss(batch)
+    enc, enc_lens = mixed.encoder(batch.feats, batch.feat_lens)
+    log_probs = torch.log_softmax(mixed.ctc(enc), -1).transpose(0, 1)
+    ctc = torch.nn.functional.ctc_loss(log_probs, batch.targets, enc_lens, batch.target_lens, reduction="sum") / 2
+    torch.testing.assert_close(mixed.loss(batch), 0.7 * rnnt + 0.3 * ctc)
+    mixed.train().loss(batch).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixed.ctc.parameters())
+    # decoding never reads the head: the same weights decode the same with or without it
+    tok = CharTokenizer(list("abcdef"))
+    assert [n[0].tokens for n in plain.decode(batch.feats, batch.feat_lens, GREEDY, tokenizer=tok)] == \
+        [n[0].tokens for n in mixed.eval().decode(batch.feats, batch.feat_lens, GREEDY, tokenizer=tok)]
+
+
 # --- encoder --------------------------------------------------------------------------------------------
 
 
@@ -272,7 +292,8 @@ def test_registry_and_config_errors() -> None:
         ({"decode": {"nbest": 5, "beam_size": 4}}, "config [decode]: nbest 5 is larger than the beam size 4"),
         ({"decode": {"length_penalty": 0.5}}, "config [decode]: decode setting(s) length_penalty set, but a model "
                                               "with the transducer objective does not read them"),
-        ({"transducer": {"encoder_layers": 0}}, "encoder_layers must be at least 1")]
+        ({"transducer": {"encoder_layers": 0}}, "encoder_layers must be at least 1"),
+        ({"transducer": {"ctc_weight": 1.0}}, "transducer.ctc_weight must be in [0, 1), got 1.0")]
     for sections, fragment in cases:
         with pytest.raises(AsrkitError) as info:
             cfg = build_config({"model": {"family": "transducer"}, "features": {"n_mels": N_MELS}, **sections})

@@ -57,7 +57,8 @@ def _transducer(config: Config, n_feats: int, vocab_size: int) -> ASRModel:
     predictor = Predictor(vocab_size, embed=cfg.predictor_embed, layers=cfg.predictor_layers,
                           hidden=cfg.predictor_hidden, dropout=cfg.dropout)
     joiner = Joiner(encoder.out_dim, predictor.out_dim, cfg.joint_dim, vocab_size)
-    return Transducer(encoder, predictor, joiner, joint_max_elements=cfg.joint_max_elements)
+    return Transducer(encoder, predictor, joiner, joint_max_elements=cfg.joint_max_elements,
+                      ctc_weight=cfg.ctc_weight)
 
 
 MODELS: dict[str, Callable[[Config, int, int], ASRModel]] = {

@@ -10,6 +10,9 @@ D encoder output (H, or 2H bidirectional), U target tokens, P predictor units, J
                     -> LSTM x (encoder_layers - reduction_after) -> enc (B, T', D)
     targets (B, U) -> [blank, y_1 .. y_U] -> embedding -> LSTM -> pred (B, U+1, P)
     joint: logits[b, t, u] = W_o tanh(W_e enc[b, t] + W_p pred[b, u]) + b_o  -> (B, T', U+1, V)
+    optional auxiliary CTC (ctc_weight > 0): enc -> Linear -> CTC loss, loss = (1 - w) RNN-T + w CTC. The head
+    only shapes the encoder while training (it gives every frame a direct gradient, which shortens the all-blank
+    stage a transducer starts with); decoding never uses it.
 
 Memory of the loss. The joint tensor is the big one: B*T'*(U+1)*V logits plus as many gradients (rnnt_loss with
 fused log-softmax writes the gradient next to the logits), and the B*T'*(U+1)*J tanh activations with their
@@ -314,20 +317,32 @@ class Transducer(ASRModel):
     objective = "transducer"
 
     def __init__(self, encoder: EncoderModule, predictor: Predictor, joiner: Joiner, *,
-                 joint_max_elements: int = 50_000_000) -> None:
+                 joint_max_elements: int = 50_000_000, ctc_weight: float = 0.0) -> None:
         super().__init__()
         if joint_max_elements < 1:
             raise ValueError(f"joint_max_elements must be positive, got {joint_max_elements}")
+        if not 0.0 <= ctc_weight < 1.0:
+            raise ValueError(f"transducer.ctc_weight must be in [0, 1), got {ctc_weight}: 0 trains without the "
+                             "auxiliary CTC head, 0.1-0.3 is usual")
         self.encoder, self.predictor, self.joiner = encoder, predictor, joiner
         self.time_reduction = encoder.time_reduction
         self.joint_max_elements = joint_max_elements
+        self.ctc_weight = ctc_weight
+        # the auxiliary CTC head exists only when it is trained, so checkpoints without it load unchanged
+        self.ctc = nn.Linear(encoder.out_dim, joiner.out.out_features) if ctc_weight > 0 else None
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        """RNN-T loss summed over each utterance, averaged over the batch."""
+        """RNN-T loss summed over each utterance, averaged over the batch; with the auxiliary CTC head
+        (1 - ctc_weight) RNN-T + ctc_weight CTC, both summed over each utterance."""
         enc, enc_lens = self.encoder(batch.feats, batch.feat_lens)  # (B, T', D)
         pred = self.predictor(batch.targets)  # (B, U+1, P)
         total = joint_loss(self.joiner, enc, enc_lens, pred, batch.targets, batch.target_lens,
                            self.joint_max_elements)
+        if self.ctc is not None:
+            log_probs = F.log_softmax(self.ctc(enc).float(), dim=-1).transpose(0, 1)  # (T', B, V)
+            ctc = F.ctc_loss(log_probs, batch.targets, enc_lens, batch.target_lens, blank=BLANK, reduction="sum",
+                             zero_infinity=True)
+            total = (1 - self.ctc_weight) * total + self.ctc_weight * ctc
         return total / len(batch.ids)
 
     def fusion_units(self, search: SearchOptions) -> str:
