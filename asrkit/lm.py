@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asrkit.errors import AsrkitError
+from asrkit.lm_files import SPECIAL_WORDS, lm_stem, unigram_words
 
 if TYPE_CHECKING:
     from asrkit.data.tokenizer import Tokenizer
 
 LM_EXTRA_HINT = "install the LM extra: pip install 'asrkit[lm]' (kenlm, pyctcdecode, flashlight-text)"
-SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
 MAX_BAD_WORD_FRACTION = 0.1  # an LM with more words the tokenizer cannot spell is refused
 
 
@@ -74,10 +74,6 @@ def require_flashlight() -> SimpleNamespace:
                            LexiconDecoder=decoder.LexiconDecoder, LexiconDecoderOptions=decoder.LexiconDecoderOptions,
                            CriterionType=decoder.CriterionType)
 
-
-def lm_stem(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_suffix("") if out.suffix in (".arpa", ".bin") else out
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -220,9 +216,6 @@ def check_vocabulary(words: Sequence[str], tokenizer_vocab: Sequence[str], lm_pa
                           "built from text normalised like the transcripts: rebuild it with `asrkit lm build`")
     return len(bad)
 
-
-def unigram_words(words: Iterable[str]) -> list[str]:
-    return sorted({w for w in words if w not in SPECIAL_WORDS})
 
 
 # ---------------------------------------------------------------------------------------------- scoring

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrkit.errors import AsrkitError
-from asrkit.lm_build import is_manifest, lm_normaliser, read_lm_text, read_numbered_lm_text
+from asrkit.lm_files import is_manifest, lm_normaliser, read_lm_text, read_numbered_lm_text
 
 N = 5  # the n-gram order of the overlap measure
 WINDOW = 10  # an LM line sharing this many consecutive words with a held-out transcript is dropped

@@ -41,7 +41,6 @@ from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
 from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
 from asrkit.distributed import Group, restore_rng, rng_state
 from asrkit.errors import AsrkitError
-from asrkit.evaluate import score
 from asrkit.inference import decode_utterances
 from asrkit.io import atomic_path
 from asrkit.models import build_model
@@ -49,6 +48,7 @@ from asrkit.models.layers import ASRModel
 from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.schedule import learning_rate
+from asrkit.scoring import score
 
 
 @dataclass

@@ -9,25 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from asrkit.data.audio import audio_info
-from asrkit.errors import AsrkitError, AudioError
+from asrkit.data.audio import files_to_utterances
+from asrkit.errors import AsrkitError
 from asrkit.longform import DEFAULT_SEGMENT_SECONDS
 from asrkit.onnx.bundle import is_exported
-from asrkit.records import Failure, Hypothesis, Utterance
+from asrkit.records import Failure, Hypothesis
 from asrkit.request import DecodeRequest
 from asrkit.search import SearchOptions
-
-
-def files_to_utterances(paths: Sequence[str | Path]) -> tuple[list[Utterance], list[Failure]]:
-    utts, failures = [], []
-    for n, p in enumerate(paths):
-        try:
-            duration, _ = audio_info(p)
-        except AudioError as err:
-            failures.append(Failure(path=err.path, reason=err.reason))
-            continue
-        utts.append(Utterance(f"{n}", str(p), duration, ""))
-    return utts, failures
 
 
 def transcribe_nbest(model: str | Path, audio: Sequence[str | Path], *, device: str = "auto",

@@ -42,8 +42,8 @@ def env(threads: int) -> dict[str, str]:
 def worker(runtime: str, model: str, manifest: str, threads: int, search: str) -> dict[str, float]:
     """In this process: load the model, decode the manifest; WER, load and decoding seconds, audio seconds."""
     from asrkit.data.manifest import read_manifest
-    from asrkit.evaluate import score
     from asrkit.request import DecodeRequest
+    from asrkit.scoring import score
 
     request = DecodeRequest(greedy=search == "greedy", settings={"beam_size": 8} if search == "beam8" else {})
     utts = read_manifest(manifest)

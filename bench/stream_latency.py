@@ -47,8 +47,8 @@ def main() -> None:
     from asrkit.checkpoint import load_checkpoint
     from asrkit.data.audio import load_audio
     from asrkit.data.manifest import read_manifest
-    from asrkit.evaluate import score
     from asrkit.inference import decode_utterances
+    from asrkit.scoring import score
     from asrkit.stream import Streamer
 
     torch.set_num_threads(args.threads)

@@ -3,6 +3,7 @@ that cannot be imported first), and no module grows past MAX_LINES (DESIGN.md: f
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,47 @@ def test_every_module_is_at_most_max_lines() -> None:
     long = {str(p.relative_to(PACKAGE.parent)): n for p in modules()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (move a cohesive part into a module of its own): {long}"
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """The asrkit modules `path` imports anywhere (top level or inside a function), except under TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    guarded = [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+    skipped = {id(n) for node in guarded for n in ast.walk(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in known)
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycle_even_through_imports_inside_functions() -> None:
+    """A lazy import (inside a function) hides a cycle from the fresh-interpreter test above; this one reads the
+    source: module A importing B anywhere while B imports A anywhere is a cycle (TYPE_CHECKING imports aside)."""
+    paths = {_module_name(p): p for p in modules()}
+    graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
+    cycles = []
+    for start in graph:  # depth-first search for a path back to `start`
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join((*trail, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*trail, nxt)))
+    assert not cycles, "import cycles (move the shared part into a module both can import):\n" + "\n".join(
+        sorted(set(cycles)))

@@ -12,6 +12,7 @@ from conftest import needs_kenlm_tools
 
 from asrkit import lm as lmlib
 from asrkit import lm_build as lmbuild
+from asrkit import lm_files
 from asrkit.data.text import normalize_text
 from asrkit.errors import AsrkitError
 
@@ -25,7 +26,7 @@ def test_text_is_normalised_like_transcripts(tmp_path: Path) -> None:
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(json.dumps({"audio_filepath": f"{i}.wav", "duration": 1.0, "text": t}) + "\n"
                                 for i, t in enumerate(["one two", "Three  FOUR"])), encoding="utf-8")
-    lines = list(lmbuild.read_lm_text([plain, packed, manifest]))
+    lines = list(lm_files.read_lm_text([plain, packed, manifest]))
     raw = ["Hello, World!", "  It\u2019s 3 O'Clock.", "Bugs Bunny;", "WHAT'S up, doc?", "one two", "Three  FOUR"]
     assert lines == [normalize_text(r) for r in raw]
     assert lines[1] == "it's 3 o'clock"
@@ -33,15 +34,15 @@ def test_text_is_normalised_like_transcripts(tmp_path: Path) -> None:
 
 def test_unreadable_text_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(AsrkitError, match=r"missing\.txt not found"):
-        list(lmbuild.read_lm_text([tmp_path / "missing.txt"]))
+        list(lm_files.read_lm_text([tmp_path / "missing.txt"]))
     fake_gz = tmp_path / "fake.gz"
     fake_gz.write_text("not gzip")
     with pytest.raises(AsrkitError, match=r"fake\.gz: cannot read it as UTF-8 text \(gzip\)"):
-        list(lmbuild.read_lm_text([fake_gz]))
+        list(lm_files.read_lm_text([fake_gz]))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"duration": 1}\n')
     with pytest.raises(AsrkitError, match=r'bad\.jsonl:2: no "text" string'):
-        list(lmbuild.read_lm_text([bad]))
+        list(lm_files.read_lm_text([bad]))
 
 
 def test_missing_kenlm_programs_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

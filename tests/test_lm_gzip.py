@@ -16,6 +16,7 @@ from test_beam import ARPA, FRAME_SHIFT, VOCAB, bunny_emissions
 
 from asrkit import lm as lmlib
 from asrkit import lm_build as lmbuild
+from asrkit import lm_files
 from asrkit.data.text import normalize_text
 from asrkit.decoding import CTCBeamDecoder
 from asrkit.errors import AsrkitError
@@ -37,12 +38,12 @@ def gzipped(path: Path, text: str) -> Path:
 
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
 def test_the_ascii_fast_path_normalises_like_transcripts(line: str) -> None:
-    assert lmbuild._normalize_line(line) == normalize_text(line)
+    assert lm_files.normalize_line(line) == normalize_text(line)
 
 
 def test_non_ascii_lines_take_the_full_normalisation() -> None:
     for line in ["Caf\u00e9 \u2019Twas", "\uff21\uff22 na\u00efve", "It`s O'CLOCK -- 'QUOTED'"]:
-        assert lmbuild._normalize_line(line) == normalize_text(line)
+        assert lm_files.normalize_line(line) == normalize_text(line)
 
 
 @needs_kenlm_tools

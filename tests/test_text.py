@@ -13,8 +13,7 @@ from test_prepare_commonvoice import DEV, TEST, TRAIN, make_release
 from typer.testing import CliRunner
 
 from asrkit import config as configlib
-from asrkit import experiment
-from asrkit import lm_build as lmbuild
+from asrkit import experiment, lm_files
 from asrkit.checkpoint import load_checkpoint
 from asrkit.cli import app
 from asrkit.config import build_config, config_from_dict
@@ -86,14 +85,14 @@ def test_commonvoice_folding_is_the_same_in_prepare_and_lm_build(prepared: Path,
     raw.write_text("".join(s + "\n" for _, clip, s, _, _ in TRAIN + TEST if clip in ("a1", "c1", "digits", "cyrillic")),
                    encoding="utf-8")
     manifest = prepared / "train.jsonl"
-    name = lmbuild.lm_normaliser([raw, manifest])  # recorded beside the manifest: it applies to the raw text too
-    assert name == "commonvoice-en" and lmbuild.lm_normaliser([raw]) == "default"
-    refused = lmbuild.Refused()
-    lines = list(lmbuild.read_lm_text([raw, manifest], name, refused))
+    name = lm_files.lm_normaliser([raw, manifest])  # recorded beside the manifest: it applies to the raw text too
+    assert name == "commonvoice-en" and lm_files.lm_normaliser([raw]) == "default"
+    refused = lm_files.Refused()
+    lines = list(lm_files.read_lm_text([raw, manifest], name, refused))
     assert lines[:2] == ["cafes she said it's late", "naive aesthetics"]  # as prepare wrote them
     assert lines[2:] == list(_texts(manifest).values())  # the manifest's text, normalised again, is unchanged
     assert refused.lines == 2 and refused.first.startswith(f"{raw}:2: digits 6")
-    assert list(lmbuild.read_lm_text([raw], "default"))[0] == "caf\u00e9s she said it's late"
+    assert list(lm_files.read_lm_text([raw], "default"))[0] == "caf\u00e9s she said it's late"
 
 
 @needs_kenlm_tools

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # imported where a tensor is made: the ONNX Runtime path (asr
     import torch
 
 from asrkit.errors import AudioError
-from asrkit.records import Utterance
+from asrkit.records import Failure, Utterance
 
 TAIL_FRAMES = 1024  # audio_info decodes this many frames at the end to find files cut short
 SPAN_END_SLACK = 0.05  # seconds a span may reach past the end of the file (a rounded duration): read to the end
@@ -176,3 +177,17 @@ def _reason(err: Exception) -> str:
     msg = re.sub(r"^Error opening '.*': ", "", msg)
     msg = re.sub(r"^Error : ", "", msg)
     return msg[:200]
+
+
+def files_to_utterances(paths: Sequence[str | Path]) -> tuple[list[Utterance], list[Failure]]:
+    """Each audio file an utterance (id = its position, no transcript); files that cannot be read become
+    failures that name the file and the reason, in the order given."""
+    utts, failures = [], []
+    for n, p in enumerate(paths):
+        try:
+            duration, _ = audio_info(p)
+        except AudioError as err:
+            failures.append(Failure(path=err.path, reason=err.reason))
+            continue
+        utts.append(Utterance(f"{n}", str(p), duration, ""))
+    return utts, failures

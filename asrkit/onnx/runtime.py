@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from asrkit.data.audio import files_to_utterances
 from asrkit.data.manifest import read_manifest
 from asrkit.decoding import DecoderPool, word_timings
 from asrkit.errors import AsrkitError, AudioError
-from asrkit.evaluate import EvalResult, score, write_report
 from asrkit.lm import load_fusion_lm
 from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, regroup, split_long
 from asrkit.onnx.bundle import GRAPHS, MANIFEST, Bundle, read_bundle, require
@@ -28,8 +28,8 @@ from asrkit.onnx.frontend import FrontEnd, load_wave
 from asrkit.onnx.rnnt import transducer_decode
 from asrkit.records import Failure, Hypothesis, Utterance
 from asrkit.request import DecodeRequest, choose
+from asrkit.scoring import EvalResult, score, write_report
 from asrkit.search import SearchOptions, ctc_beam, describe, is_greedy, resolve
-from asrkit.transcribe import files_to_utterances
 
 CHUNK_UTTERANCES = 2048  # emissions held in memory at once before a CTC beam search decodes them
 INPUTS = {"model": ["feats", "feat_lens"], "encoder": ["feats", "feat_lens"], "predictor": ["tokens", "h", "c"],

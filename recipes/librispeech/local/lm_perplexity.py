@@ -37,7 +37,8 @@ def main(lm_path: str, manifest: str) -> None:
         oov_types.update(missing)
     print(f"{lm_path} on {manifest}: perplexity {10 ** (-total / tokens):.1f} (OOVs as <unk>), "
           f"{10 ** (-total_known / known):.1f} (OOVs left out); OOV {oov}/{words} words "
-          f"({100 * oov / words:.2f}%), {len(oov_types)}/{len(types)} distinct ({100 * len(oov_types) / len(types):.2f}%)"
+          f"({100 * oov / words:.2f}%), {len(oov_types)}/{len(types)} distinct "
+          f"({100 * len(oov_types) / len(types):.2f}%)"
           f"; LM vocabulary {len(vocab)}")
 
 

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from asrkit.data.text import normalize_text
-from asrkit.lm_build import _normalize_line  # normalize_text, with a fast path for ASCII text (the same result)
+from asrkit.lm_files import normalize_line  # normalize_text, with a fast path for ASCII text (the same result)
 
 START = re.compile(r"^\s*\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG|^\*END\*THE SMALL PRINT", re.I)
 END = re.compile(r"^\s*\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG|^\s*End of (the )?Project Gutenberg", re.I)
@@ -88,7 +88,7 @@ def normalise_sentence(sentence: str) -> str:
     letters)."""
     if _DIGIT.search(sentence):
         return ""
-    text = _normalize_line(sentence) if sentence.isascii() else normalize_text(fold(sentence))
+    text = normalize_line(sentence) if sentence.isascii() else normalize_text(fold(sentence))
     return "" if _LETTERS.search(text) else text
 
 
