@@ -75,6 +75,9 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 "
                                                    "(repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from EXP/last.pt where it stopped.")] = False,
+    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's (or experiment folder's) weights "
+                                              "wherever name and shape match, e.g. a CTC run's encoder for a "
+                                              "transducer with the same [encoder]; the rest start fresh.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a model; writes EXP/last.pt and EXP/best.pt (best dev WER). Exit code 3 when some utterances were
@@ -83,7 +86,7 @@ def train(
     from asrkit.train import fit
 
     cfg = load_config(config, set_ or [])
-    result = fit(cfg, data or [Path("data")], exp, resume=resume, progress=progress)
+    result = fit(cfg, data or [Path("data")], exp, resume=resume, progress=progress, init=init)
     if not result.main:  # another DDP rank: rank 0 reports
         raise typer.Exit(EXIT_PARTIAL if result.skipped else EXIT_OK)
     best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""

@@ -346,3 +346,37 @@ def tensorboard(log_dir: Path) -> Any:
         say("note: tensorboard is not installed; no TensorBoard scalars will be written")
         return None
     return SummaryWriter(str(log_dir))
+
+
+def init_weights(model: ASRModel, source: Path) -> str:
+    """Copy into `model` every parameter and buffer of the checkpoint `source` (a file or an experiment folder)
+    whose name and shape match, e.g. a CTC run's encoder into a transducer with the same [encoder]; the rest keep
+    their fresh initialisation. Returns the line to print; an error when nothing matches."""
+    from asrkit.checkpoint import read_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(source)
+    weights = read_checkpoint(path).get("model", {})
+    own = model.state_dict()
+    same = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    other_shape = sorted(k for k in weights if k in own and k not in same)
+    if not same:
+        raise AsrkitError(f"--init {source}: none of its {len(weights)} weight tensors matches this model by name and "
+                          f"shape (another family or encoder?); --init copies the weights the two models share, e.g. "
+                          f"the encoder of a run with the same [encoder] section")
+    model.load_state_dict({**own, **same})
+    fresh = sorted(k for k in own if k not in same)
+    values = sum(v.numel() for v in same.values())
+    total = sum(v.numel() for v in own.values())
+    line = (f"initialised {len(same)} of {len(own)} weight tensors ({values:,} of {total:,} values) from {path}"
+            + (f"; kept fresh: {_summary(fresh)}" if fresh else ""))
+    return line + (f"; not copied, other shape: {_summary(other_shape)}" if other_shape else "")
+
+
+def _summary(names: list[str], shown: int = 4) -> str:
+    """Parameter names grouped by their first component: "joiner (4), predictor (6)"."""
+    groups: dict[str, int] = {}
+    for name in names:
+        head = name.split(".")[0]
+        groups[head] = groups.get(head, 0) + 1
+    items = [f"{head} ({n})" for head, n in groups.items()]
+    return ", ".join(items[:shown]) + (" ..." if len(items) > shown else "")

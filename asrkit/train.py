@@ -65,9 +65,13 @@ class FitResult:
 
 
 def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str | Path, *, resume: bool = False,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, init: str | Path | None = None) -> FitResult:
     """Train on data_dir/train.jsonl (dev WER on data_dir/dev.jsonl when present) into exp_dir. Several data
-    folders: on the union of their train.jsonl, dev WER on the union of their dev.jsonl (and per folder)."""
+    folders: on the union of their train.jsonl, dev WER on the union of their dev.jsonl (and per folder).
+    `init`: a checkpoint whose weights start the new model where names and shapes match (experiment.init_weights)."""
+    if init is not None and resume:
+        raise AsrkitError("--init starts a new run from another model's weights and --resume continues this one from "
+                          "EXP/last.pt; give one of them")
     folders = [Path(data_dir)] if isinstance(data_dir, str | Path) else [Path(d) for d in data_dir]
     exp_dir = Path(exp_dir)
     experiment.check_train_config(cfg)
@@ -97,6 +101,11 @@ def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str |
             tokenizer, featurizer = tokenizer_from_dict(tok), Featurizer(cfg.features, *stats)
             model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(group.device)
             state = {"skipped": {**too_long, **skipped}}
+            if init is not None:
+                line = experiment.init_weights(model, Path(init))
+                state["init"] = str(init)
+                if group.main:
+                    say(line)
         state["data"] = data.sources  # the checkpoints record it: --resume must train on the same folders
         if group.main:
             experiment.check_dev_text(tokenizer, data)
@@ -127,6 +136,7 @@ class _Loop:
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.dev_corpus = dev_corpus or {}  # dev utterance id -> corpus name, for dev WER per corpus
         self.data = state.get("data")  # the data folders, kept in the checkpoints for --resume
+        self.init = state.get("init")  # the checkpoint --init started the run from, if any (provenance)
         self.tokenizer, self.featurizer = tokenizer, featurizer
         self.dev_utts, self.exp_dir, self.group, self.device = dev_utts, exp_dir, group, group.device
         self.say = say if group.main else _quiet
@@ -408,7 +418,7 @@ class _Loop:
             "best_wer": self.best_wer, "history": self.history, "optimizer": self.optimizer.state_dict(),
             "rng_torch": rng["torch"], "rng_python": rng["python"], "rng_cuda": rng["cuda"], "rng_ranks": ranks,
             "skipped": self.skipped, "nonfinite": self.nonfinite, "world_size": self.group.world,
-            "data": self.data,
+            "data": self.data, "init": self.init,
         }
         save_checkpoint(self.exp_dir / name, config=self.cfg, tokenizer=self.tokenizer,
                         featurizer=self.featurizer, model=self.model, train_state=state)

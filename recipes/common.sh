@@ -18,6 +18,7 @@ data=data
 exp=
 conf=
 sets=()
+init=()  # --init CKPT for stage_train's first start (not a resume)
 use_lm=true
 lm_order=3
 workers=4
@@ -38,6 +39,7 @@ common_option() {
     --exp) exp=$2; nargs=2 ;;
     --conf) conf=$2; nargs=2 ;;
     --set) sets+=(--set "$2"); nargs=2 ;;
+    --init) init=(--init "$2"); nargs=2 ;;
     --no-lm) use_lm=false; nargs=1 ;;
     --lm-order) lm_order=$2; nargs=2 ;;
     --workers) workers=$2; nargs=2 ;;
@@ -121,9 +123,10 @@ stage_check() {
 
 # stage_train N [OPTION...]: asrkit train $conf on $data -> $exp with the --set overrides and OPTIONs (more
 # `--data DIR` among them train on the union of the corpora), resuming from $exp/last.pt (asrkit refuses a
-# resume with other --data folders); train seconds appended to $exp/timing.txt; skipped once $exp/.done exists.
+# resume with other --data folders); --init CKPT starts a new run from that model's matching weights (a resume
+# ignores it: last.pt has them); train seconds appended to $exp/timing.txt; skipped once $exp/.done exists.
 stage_train() {
-  local n=$1 rc=0 start resume=(); shift
+  local n=$1 rc=0 start resume=("${init[@]}"); shift
   if [ -f "$exp/.done" ]; then log "$n" "skip: $exp/.done exists"; return 0; fi
   if [ -f "$exp/last.pt" ]; then resume=(--resume); fi
   log "$n" "train $conf -> $exp ${resume[*]:-}"

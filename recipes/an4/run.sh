@@ -5,7 +5,7 @@
 #            [--dev-speakers N] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm]
 #            [--lm-order N] [--workers N]
 #            [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
-#            [--extra-data DIR ...]
+#            [--extra-data DIR ...] [--init CKPT (stage 2 starts from its matching weights)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
 #   0 prepare   asrkit prepare an4: train (minus --dev-speakers speakers -> dev), test when the corpus has it
 #   1 check     manifest summary (utterances, hours, speakers) -> $data/summary.txt. There is no tokenizer

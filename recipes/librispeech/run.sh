@@ -2,6 +2,7 @@
 # LibriSpeech (openslr.org/12) with DeepSpeech2, LAS or an RNN-Transducer, staged like icefall's prepare.sh:
 #   ./run.sh (--corpus-dir DIR | --download) [--subsets LIST] [--stage N] [--stop-stage N]
 #            [--model deepspeech2|las|transducer] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...]
+#            [--init CKPT (the train stage starts from its matching weights)]
 #            [--dev-speakers LIST] [--lm-text librispeech-lm-norm.txt.gz] [--lm-order N] [--lm-prune LIST] [--no-lm]
 #            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
