@@ -29,6 +29,7 @@ class FeatureConfig:
     time_masks: int = 2  # number of time masks
     time_mask_width: int = 20  # max width of each time mask (frames)
     time_mask_ratio: float = 0.1  # a time mask never covers more than this fraction of the utterance
+    time_warp: int = 0  # SpecAugment time warping: max shift W of the warp point, frames (Park et al.: 80); 0 = off
     noise_prob: float = 0.0  # probability of additive noise (DeepSpeech2) per training utterance
     noise_snr_db: tuple[float, float] = (10.0, 30.0)  # SNR range for additive noise
     noise_dir: str = ""  # folder of noise recordings; empty = white noise

@@ -47,6 +47,12 @@ def check_train_config(cfg: Config) -> None:
                              ("keep_epochs", t.keep_epochs, 0)):
         if value < low:
             raise AsrkitError(f"train.{name} = {value}: must be {low} or more")
+    f = cfg.features
+    for name, value in (("freq_masks", f.freq_masks), ("freq_mask_width", f.freq_mask_width),
+                        ("time_masks", f.time_masks), ("time_mask_width", f.time_mask_width),
+                        ("time_warp", f.time_warp)):
+        if value < 0:
+            raise AsrkitError(f"features.{name} = {value}: must be 0 (off) or more")
 
 
 def prepare_exp_dir(exp_dir: Path, resume: bool) -> None:

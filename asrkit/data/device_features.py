@@ -38,7 +38,7 @@ class DeviceFeaturizer:
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # float32 whatever the precision
             feats = self.featurizer.normalise(self.featurizer.core(waves, max_frames))  # (B, T, F)
             if masks is not None and masks.numel():
-                feats = apply_masks(feats, masks)
+                feats = apply_masks(feats, masks, feat_lens)
             valid = torch.arange(max_frames, device=feats.device)[None, :] < feat_lens.to(feats.device)[:, None]
             return feats.masked_fill(~valid[:, :, None], 0.0).contiguous()
 

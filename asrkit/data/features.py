@@ -128,14 +128,17 @@ class Featurizer:
 
 
 def spec_augment(feats: torch.Tensor, cfg: FeatureConfig, rng: random.Random) -> torch.Tensor:
-    """SpecAugment (Park et al. 2019) frequency and time masks on (T, F); masked values become 0 (the mean)."""
+    """SpecAugment (Park et al. 2019) on (T, F): time warping when features.time_warp > 0, then frequency and time
+    masks; masked values become 0 (the mean)."""
     masks = draw_masks(feats.shape[0], feats.shape[1], cfg, rng)
     return apply_masks(feats[None], masks[None])[0]
 
 
 def draw_masks(num_frames: int, num_bins: int, cfg: FeatureConfig, rng: random.Random) -> torch.Tensor:
-    """SpecAugment masks of one utterance as (freq_masks + time_masks, 3) rows (axis, start, width): axis 0 masks
-    mel bins, axis 1 frames. Drawn on the CPU (in a loader worker) and applied where the features are made."""
+    """SpecAugment of one utterance as (K, 3) rows (axis, start, width): axis 0 masks mel bins, axis 1 frames;
+    with features.time_warp = W > 0 a last row (2, c, d) moves frame c to d (|d - c| <= W, W <= c < T - W,
+    0 < d < T - 1; none when the utterance is shorter than 2W + 2 frames). Drawn on the CPU (in a loader worker)
+    and applied where the features are made. The masks are drawn first, so time_warp = 0 draws what it did before."""
     rows = []
     for _ in range(cfg.freq_masks):
         width = rng.randint(0, min(cfg.freq_mask_width, num_bins))
@@ -144,20 +147,49 @@ def draw_masks(num_frames: int, num_bins: int, cfg: FeatureConfig, rng: random.R
     for _ in range(cfg.time_masks):
         width = rng.randint(0, max(max_time, 0))
         rows.append((1, rng.randint(0, num_frames - width), width))
+    w = cfg.time_warp
+    if w > 0 and num_frames >= 2 * w + 2:
+        centre = rng.randint(w, num_frames - w - 1)
+        rows.append((2, centre, min(max(centre + rng.randint(-w, w), 1), num_frames - 2)))  # the ends stay put
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
 
 
-def apply_masks(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """feats (B, T, F) with the masks (B, K, 3) of `draw_masks` set to 0, batched (on any device); a new tensor."""
+def apply_masks(feats: torch.Tensor, masks: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """feats (B, T, F) time-warped and masked by the rows (B, K, 3) of `draw_masks`, batched (on any device); a new
+    tensor. `lengths` (B,): the utterances' frames (default T), the span a time warp stretches."""
     if masks.numel() == 0:
         return feats.clone()
     masks = masks.to(feats.device)
+    if bool((masks[..., 0] == 2).any()):
+        feats = time_warp(feats, masks, lengths)
     axis, start, end = masks[..., 0:1], masks[..., 1:2], masks[..., 1:2] + masks[..., 2:3]  # (B, K, 1) each
     frames = torch.arange(feats.shape[1], device=feats.device)
     bins = torch.arange(feats.shape[2], device=feats.device)
     in_time = ((axis == 1) & (frames >= start) & (frames < end)).any(1)  # (B, T)
     in_freq = ((axis == 0) & (bins >= start) & (bins < end)).any(1)  # (B, F)
     return feats.masked_fill(in_time[:, :, None] | in_freq[:, None, :], 0.0)
+
+
+def time_warp(feats: torch.Tensor, masks: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """SpecAugment's time warping, batched: each utterance with a row (2, c, d) is resampled along time (linear
+    interpolation) so that its frame c lands on d, frames 0 and n - 1 stay, the two sides stretched or squeezed
+    linearly; the length n does not change. Utterances without such a row, and frames past n, are unchanged."""
+    b, t, _ = feats.shape
+    warp = masks[..., 0] == 2  # (B, K)
+    has = warp.any(1)  # (B,)
+    centre = (masks[..., 1] * warp).sum(1).to(feats.dtype)  # (B,)
+    dest = (masks[..., 2] * warp).sum(1).to(feats.dtype)
+    n = (torch.full((b,), t, device=feats.device) if lengths is None else lengths.to(feats.device)).to(feats.dtype)
+    out = torch.arange(t, device=feats.device, dtype=feats.dtype)[None, :].expand(b, t)  # (B, T) output frames
+    left = out * centre[:, None] / dest.clamp(min=1)[:, None]
+    right = centre[:, None] + (out - dest[:, None]) * ((n - 1 - centre) / (n - 1 - dest).clamp(min=1))[:, None]
+    source = torch.where(out < dest[:, None], left, right)
+    source = torch.where(has[:, None] & (out < n[:, None]), source, out).clamp(0, t - 1)
+    low = source.floor().long()
+    high = torch.minimum(low + 1, (n.long() - 1).clamp(min=0)[:, None].expand(b, t)).clamp(0, t - 1)
+    frac = (source - low.to(feats.dtype))[:, :, None]
+    take = lambda idx: feats.gather(1, idx[:, :, None].expand(-1, -1, feats.shape[2]))  # noqa: E731
+    return take(low) * (1 - frac) + take(high) * frac
 
 
 class NoiseSource:
