@@ -19,6 +19,7 @@ exp=
 conf=
 sets=()
 init=()  # --init CKPT for stage_train's first start (not a resume)
+extra_data=()  # --extra-data DIR ...: more --data folders for stage_train (several corpora in one run)
 use_lm=true
 lm_order=3
 workers=4
@@ -40,6 +41,7 @@ common_option() {
     --conf) conf=$2; nargs=2 ;;
     --set) sets+=(--set "$2"); nargs=2 ;;
     --init) init=(--init "$2"); nargs=2 ;;
+    --extra-data) extra_data+=(--data "$2"); nargs=2 ;;
     --no-lm) use_lm=false; nargs=1 ;;
     --lm-order) lm_order=$2; nargs=2 ;;
     --workers) workers=$2; nargs=2 ;;
@@ -121,8 +123,8 @@ stage_check() {
   cat "$data/summary.txt"
 }
 
-# stage_train N [OPTION...]: asrkit train $conf on $data -> $exp with the --set overrides and OPTIONs (more
-# `--data DIR` among them train on the union of the corpora), resuming from $exp/last.pt (asrkit refuses a
+# stage_train N [OPTION...]: asrkit train $conf on $data -> $exp with the --set overrides and OPTIONs (with
+# --extra-data DIR ..., on the union of $data and those corpora), resuming from $exp/last.pt (asrkit refuses a
 # resume with other --data folders); --init CKPT starts a new run from that model's matching weights (a resume
 # ignores it: last.pt has them); train seconds appended to $exp/timing.txt; skipped once $exp/.done exists.
 stage_train() {
@@ -131,7 +133,7 @@ stage_train() {
   if [ -f "$exp/last.pt" ]; then resume=(--resume); fi
   log "$n" "train $conf -> $exp ${resume[*]:-}"
   start=$(date +%s)
-  asrkit train "$conf" --data "$data" --exp "$exp" "$@" "${sets[@]}" "${resume[@]}" || rc=$?
+  asrkit train "$conf" --data "$data" "${extra_data[@]}" --exp "$exp" "$@" "${sets[@]}" "${resume[@]}" || rc=$?
   ok_or_skipped "$rc" "$exp/skipped.tsv"
   echo "train_seconds=$(( $(date +%s) - start ))" >> "$exp/timing.txt"
   touch "$exp/.done"

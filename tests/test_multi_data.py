@@ -151,10 +151,12 @@ def test_bad_data_values_are_errors(corpora: dict[str, Path]) -> None:
         load_data([])
 
 
-def test_an4_recipe_extra_data_goes_to_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("recipe", ["an4", "librispeech", "fsdd"])
+def test_recipe_extra_data_goes_to_training(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "yes")
     extra = tmp_path / "extra"
-    run_recipe(RECIPES / "an4" / "run.sh", "--stage", "2", "--stop-stage", "2", "--data", str(data), "--exp",
+    stage = "1" if recipe == "fsdd" else "2"  # FSDD trains in stage 1
+    run_recipe(RECIPES / recipe / "run.sh", "--stage", stage, "--stop-stage", stage, "--data", str(data), "--exp",
                str(exp), "--extra-data", str(extra), "--extra-data", str(extra / "more"), bin_dir=bin_dir)
     [call] = [c for c in stub_calls(log) if c.startswith("train ")]
-    assert f"--data {data} --exp {exp}" in call and f"--data {extra} --data {extra / 'more'}" in call
+    assert f"--data {data} --data {extra} --data {extra / 'more'} --exp {exp}" in call

@@ -33,12 +33,10 @@ set -euo pipefail
 
 an4_dir=${AN4_DIR:-../../../shared/data/an4}
 dev_speakers=5
-extra_data=()  # --data options added to stage 2's asrkit train
 while [ $# -gt 0 ]; do
   case "$1" in
     --an4-dir) an4_dir=$2; shift 2 ;;
     --dev-speakers) dev_speakers=$2; shift 2 ;;
-    --extra-data) extra_data+=(--data "$2"); shift 2 ;;
     *) common_option "$@"; shift "$nargs" ;;
   esac
 done
@@ -58,7 +56,7 @@ if run_stage 0; then
 fi
 
 if run_stage 1; then stage_check 1 "$data"/*.jsonl; fi
-if run_stage 2; then stage_train 2 --no-progress "${extra_data[@]}"; fi
+if run_stage 2; then stage_train 2 --no-progress; fi
 if run_stage 3; then stage_lm 3 "$data/train.jsonl"; fi
 
 if run_stage 4; then

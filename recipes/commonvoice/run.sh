@@ -3,6 +3,7 @@
 # icefall's prepare.sh:
 #   ./run.sh --cv-dir DIR [--lang xx] [--stage N] [--stop-stage N] [--model deepspeech2|las|transducer]
 #            [--min-upvotes N] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...] [--no-lm]
+#            [--extra-data DIR ... (more corpora for training)] [--init CKPT (training starts from its weights)]
 #            [--lm-order N] [--workers N]
 #            [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):

@@ -2,6 +2,7 @@
 # FSDD connected digits (TIDIGITS style) with DeepSpeech2, staged like icefall's prepare.sh:
 #   ./run.sh [--stage N] [--stop-stage N] [--fsdd DIR] [--model deepspeech2|las|transducer] [--conf FILE]
 #            [--data DIR] [--exp DIR] [--set key=value ...] [--no-lm] [--lm-order N] [--workers N (prepare)]
+#            [--extra-data DIR ... (more corpora for training)] [--init CKPT (training starts from its weights)]
 #            [--device DEV (decoding; training reads train.device)]
 # Stages (0, 1 and 4 skip themselves when their .done marker or output exists; delete it to redo the stage):
 #   0 prepare   train / speaker-disjoint dev (theo) / official test, connected digits -> data/

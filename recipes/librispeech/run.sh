@@ -2,7 +2,7 @@
 # LibriSpeech (openslr.org/12) with DeepSpeech2, LAS or an RNN-Transducer, staged like icefall's prepare.sh:
 #   ./run.sh (--corpus-dir DIR | --download) [--subsets LIST] [--stage N] [--stop-stage N]
 #            [--model deepspeech2|las|transducer] [--data DIR] [--exp DIR] [--conf FILE] [--set key=value ...]
-#            [--init CKPT (the train stage starts from its matching weights)]
+#            [--init CKPT (the train stage starts from its matching weights)] [--extra-data DIR ...]
 #            [--dev-speakers LIST] [--lm-text librispeech-lm-norm.txt.gz] [--lm-order N] [--lm-prune LIST] [--no-lm]
 #            [--workers N] [--device DEV (decoding; training reads train.device, e.g. --set train.device=cuda:1)]
 # Stages (each skips itself when its output or .done marker exists; delete it to redo the stage):
@@ -16,7 +16,9 @@
 #   1 check     manifest summary (utterances, hours, speakers) -> $data/summary.txt. There is no tokenizer
 #               stage: `asrkit train` trains the tokenizer of $conf's [tokenizer] (chars or sentencepiece)
 #               on train.jsonl and stores it in the checkpoint.
-#   2 train     asrkit train $conf -> $exp (resumes an interrupted run)
+#   2 train     asrkit train $conf -> $exp (resumes an interrupted run); with --extra-data DIR (repeatable, a
+#               prepared corpus such as ../an4/data) on the union of $data and those corpora. LM and decoding
+#               stay on $data.
 #   3 lm        word n-gram -> $data/lm/<text>_<order>gram.bin, from --lm-text (openslr.org/11's
 #               librispeech-lm-norm.txt.gz, 800 M words: pruned with --lm-prune, default 0,1,1,1) or else
 #               from the training transcripts
