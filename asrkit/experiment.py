@@ -354,17 +354,31 @@ def tensorboard(log_dir: Path) -> Any:
     return SummaryWriter(str(log_dir))
 
 
+# The same part under another attribute name in another family: LAS calls its encoder the listener, the CTC
+# model calls its CTC output layer the head (the transducer's auxiliary one and LAS's are `ctc`).
+ROLES = {"listener": "encoder", "head": "ctc"}
+
+
+def _role(name: str) -> str:
+    head, _, rest = name.partition(".")
+    return f"{ROLES.get(head, head)}.{rest}" if rest else name
+
+
 def init_weights(model: ASRModel, source: Path) -> str:
     """Copy into `model` every parameter and buffer of the checkpoint `source` (a file or an experiment folder)
-    whose name and shape match, e.g. a CTC run's encoder into a transducer with the same [encoder]; the rest keep
-    their fresh initialisation. Returns the line to print; an error when nothing matches."""
+    whose name and shape match, the encoder and CTC head matched by role across families (ROLES): e.g. a CTC
+    run's Conformer encoder and CTC layer into a transducer (its auxiliary CTC head) or LAS (its listener) with
+    the same [encoder]. The rest keep their fresh initialisation. Returns the line to print; an error when
+    nothing matches."""
     from asrkit.checkpoint import read_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(source)
-    weights = read_checkpoint(path).get("model", {})
+    weights = {_role(k): v for k, v in read_checkpoint(path).get("model", {}).items()}
     own = model.state_dict()
-    same = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    other_shape = sorted(k for k in weights if k in own and k not in same)
+    by_role = {_role(k): k for k in own}
+    shared = {by_role[r]: v for r, v in weights.items() if r in by_role}
+    same = {k: v for k, v in shared.items() if tuple(own[k].shape) == tuple(v.shape)}
+    other_shape = sorted(k for k in shared if k not in same)
     if not same:
         raise AsrkitError(f"--init {source}: none of its {len(weights)} weight tensors matches this model by name and "
                           f"shape (another family or encoder?); --init copies the weights the two models share, e.g. "

@@ -51,6 +51,23 @@ def test_a_ctc_encoder_starts_a_transducer(ctc_run: tuple[Path, Path], tmp_path:
     assert "kept fresh: joiner (5), predictor (5)" in out  # the CTC head (other name) is not copied
 
 
+@pytest.mark.parametrize("family", ["transducer", "las"])
+def test_roles_match_across_families(family: str, ctc_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """The CTC layer (`head`) starts a transducer's auxiliary CTC head; the encoder starts LAS's listener."""
+    data, ctc = ctc_run
+    sections = {"transducer": {**TRANSDUCER, "transducer": {**TRANSDUCER["transducer"], "ctc_weight": 0.3}},
+                "las": {**CTC, "model": {"family": "las"},
+                        "las": {"decoder": "transformer", "decoder_dim": 16, "decoder_layers": 1, "decoder_heads": 2,
+                                "decoder_ff": 32, "ctc_weight": 0.3}}}[family]
+    fit(build_config({**sections, "train": {**COMMON["train"], "lr": 0.0}}), data, tmp_path / family, progress=False,
+        init=ctc)
+    source, started = read_checkpoint(ctc)["model"], read_checkpoint(tmp_path / family / "last.pt")["model"]
+    encoder = "listener" if family == "las" else "encoder"
+    pairs = [(k, f"{encoder}.{k[8:]}") for k in source if k.startswith("encoder.")]
+    pairs += [(k, f"ctc.{k[5:]}") for k in source if k.startswith("head.")]
+    assert len(pairs) > 2 and all(torch.equal(source[a], started[b]) for a, b in pairs)
+
+
 def test_an_init_with_no_shared_weights_or_with_resume_is_an_error(ctc_run: tuple[Path, Path],
                                                                    tmp_path: Path) -> None:
     data, ctc = ctc_run
