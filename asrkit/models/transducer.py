@@ -42,12 +42,9 @@ from torch import nn
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.models.fusion import WordFusion
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
-from asrkit.models.transducer_search import BLANK, BeamSearch, GreedySearch, to_hypothesis
+from asrkit.models.transducer_search import BLANK, BeamSearch, GreedySearch, LSTMState, to_hypothesis
 from asrkit.records import Batch, Hypothesis
 from asrkit.search import SearchOptions
-
-LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers * directions, N, H)
-
 
 # ------------------------------------------------------------------------------------------------------
 # Encoder: frame stacking + LSTM layers; runs on a padded batch, or chunk by chunk with carried state

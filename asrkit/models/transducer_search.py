@@ -9,19 +9,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+from torch import nn
 
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.decoding import word_timings
 from asrkit.records import Hypothesis
 
-if TYPE_CHECKING:  # the model's modules, for the type hints only (transducer.py imports this file)
+if TYPE_CHECKING:  # for the type hints only
     from asrkit.models.fusion import Fused, WordFusion
-    from asrkit.models.transducer import Joiner, LSTMState, Predictor
 
 BLANK = 0  # also the predictor's start symbol
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers * directions, N, H)
+
+
+class Predictor(Protocol):
+    """What the searches call of the prediction network (asrkit.models.transducer.Predictor)."""
+
+    def step(self, tokens: torch.Tensor, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]: ...
+
+
+class Joiner(Protocol):
+    """What the searches use of the joint network (asrkit.models.transducer.Joiner)."""
+
+    pred_proj: nn.Linear
+    out: nn.Linear
+
+    def __call__(self, enc_j: torch.Tensor, pred_j: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
