@@ -101,8 +101,9 @@ if run_stage 0; then
   # (so that stage 1's up-to-date check holds)
   assemble() {  # OUT MANIFEST...
     local out=$1; shift
-    cat "$@" > "$out.tmp"
-    if cmp -s "$out.tmp" "$out"; then rm "$out.tmp"; else mv "$out.tmp" "$out"; log 0 "wrote $out"; fi
+    local tmp="$out.tmp.$$"  # per process: two runs sharing --data must not remove each other's file
+    cat "$@" > "$tmp"
+    if cmp -s "$tmp" "$out"; then rm "$tmp"; else mv "$tmp" "$out"; log 0 "wrote $out"; fi
   }
   if [ ${#train_subsets[@]} -gt 0 ]; then
     manifests=(); for s in "${train_subsets[@]}"; do manifests+=("$data/$s.jsonl"); done
