@@ -1,7 +1,8 @@
 """Checkpoint averaging: the mean of the weights of several epoch checkpoints (EXP/epoch-<k>.pt, kept by training
 with train.keep_epochs) is usually a little better than any one of them. Either the last N (`--last N`) or the N
 with the lowest dev WER (`--best N`, ESPnet's valid.acc.ave), ranked by the dev WER each epoch checkpoint records
-in its training history (training with a dev.jsonl).
+in its training history (training with a dev.jsonl), or by its dev loss (`--by loss`; the default follows the
+run's train.select).
 
 Floating-point tensors are averaged (in float64, stored in their own dtype); integer buffers such as BatchNorm's
 num_batches_tracked are the newest averaged checkpoint's, as are the config, tokenizer and feature statistics.
@@ -28,37 +29,52 @@ def epoch_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def recorded_dev_wer(train_state: dict[str, Any], epoch: int) -> float | None:
-    """The dev WER that training recorded for `epoch` in a checkpoint's training state (its history), or None
-    (trained without a dev.jsonl, or not an epoch-end checkpoint)."""
+SELECT_KEYS = {"wer": "dev_wer", "loss": "dev_loss"}  # train.select -> the history record's key
+
+
+def dev_score(record: Any, select: str = "wer") -> float | None:
+    """What train.select ranks an epoch by (lower is better), from its history record; None when the record has
+    none (no dev.jsonl, a loss that could not be computed, or an older run that did not record the loss)."""
+    key = SELECT_KEYS[select]
+    if not isinstance(record, dict) or record.get(key) is None:
+        return None
+    value = float(record[key])
+    return None if math.isnan(value) else value
+
+
+def recorded_dev_wer(train_state: dict[str, Any], epoch: int, select: str = "wer") -> float | None:
+    """The dev WER (or with select="loss" the dev loss) that training recorded for `epoch` in a checkpoint's
+    training state (its history), or None (trained without a dev.jsonl, or not an epoch-end checkpoint)."""
     for record in train_state.get("history") or []:
-        if isinstance(record, dict) and record.get("epoch") == epoch and "dev_wer" in record:
-            wer = float(record["dev_wer"])
-            return None if math.isnan(wer) else wer
+        if isinstance(record, dict) and record.get("epoch") == epoch:
+            return dev_score(record, select)
     return None
 
 
-def lowest_dev_wer(found: list[tuple[int, Path]], n: int) -> list[tuple[int, Path]]:
-    """The n of the (epoch, path) checkpoints with the lowest recorded dev WER (a tie goes to the newer epoch),
-    oldest first. Every checkpoint must record its dev WER."""
+def lowest_dev_wer(found: list[tuple[int, Path]], n: int, select: str = "wer") -> list[tuple[int, Path]]:
+    """The n of the (epoch, path) checkpoints with the lowest recorded dev WER (select="loss": dev loss; a tie
+    goes to the newer epoch), oldest first. Every checkpoint must record it."""
+    what = "dev WER" if select == "wer" else "dev loss"
     ranked, missing = [], []
     for epoch, path in found:
-        wer = recorded_dev_wer(read_checkpoint(path).get("train") or {}, epoch)
+        wer = recorded_dev_wer(read_checkpoint(path).get("train") or {}, epoch, select)
         if wer is None:
             missing.append(path.name)
         else:
             ranked.append((wer, -epoch, epoch, path))
     if missing:
-        raise AsrkitError(f"{found[0][1].parent}: no dev WER recorded in {', '.join(missing)}, so --best cannot rank "
-                          f"{'it' if len(missing) == 1 else 'them'}; train with a dev.jsonl in --data (its WER is "
-                          f"measured after every epoch), or average the newest ones with --last {n}")
+        how = ("train with a dev.jsonl in --data (its WER is measured after every epoch)" if select == "wer" else
+               "rank by WER with --by wer (runs from before train.select record no dev loss)")
+        raise AsrkitError(f"{found[0][1].parent}: no {what} recorded in {', '.join(missing)}, so --best cannot rank "
+                          f"{'it' if len(missing) == 1 else 'them'}; {how}, or average the newest ones with --last {n}")
     return sorted((epoch, path) for _, _, epoch, path in sorted(ranked)[:n])
 
 
 def average(exp_dir: str | Path, last: int | None = None, out: str | Path | None = None, *,
-            best: int | None = None) -> Path:
-    """Average the `last` newest epoch checkpoints of exp_dir, or the `best` ones with the lowest dev WER, into
-    `out` (default EXP/averaged-last<N>.pt or EXP/averaged-best<N>.pt)."""
+            best: int | None = None, by: str | None = None) -> Path:
+    """Average the `last` newest epoch checkpoints of exp_dir, or the `best` ones with the lowest dev WER (`by`
+    "loss": dev loss; default: what the run's train.select says), into `out` (default EXP/averaged-last<N>.pt or
+    EXP/averaged-best<N>.pt)."""
     exp_dir = Path(exp_dir)
     if last is not None and best is not None:
         raise AsrkitError(f"--last {last} and --best {best} are mutually exclusive: average the newest epoch "
@@ -69,6 +85,8 @@ def average(exp_dir: str | Path, last: int | None = None, out: str | Path | None
     assert n is not None
     if n < 1:
         raise AsrkitError(f"{option} {n}: average at least 1 checkpoint")
+    if by is not None and by not in SELECT_KEYS:
+        raise AsrkitError(f"--by {by!r}: rank by {' or '.join(SELECT_KEYS)}")
     if not exp_dir.is_dir():
         raise AsrkitError(f"experiment folder {exp_dir} not found")
     found = epoch_checkpoints(exp_dir)
@@ -76,7 +94,10 @@ def average(exp_dir: str | Path, last: int | None = None, out: str | Path | None
         have = ", ".join(p.name for _, p in found) or "none"
         raise AsrkitError(f"{exp_dir}: {len(found)} epoch checkpoint(s) ({have}), fewer than {option} {n}; "
                           f"train with --set train.keep_epochs={n} (or more) to keep them, or average fewer")
-    paths = [p for _, p in (found[-n:] if best is None else lowest_dev_wer(found, n))]
+    if best is not None and by is None:  # the run's own train.select
+        by = str(((read_checkpoint(found[-1][1]).get("config") or {}).get("train") or {}).get("select", "wer"))
+        by = by if by in SELECT_KEYS else "wer"
+    paths = [p for _, p in (found[-n:] if best is None else lowest_dev_wer(found, n, by or "wer"))]
     newest = load_checkpoint(paths[-1])  # its config, tokenizer and features; checks the weights fit the model
     reference = newest.model.state_dict()
     sums = {k: v.to(torch.float64, copy=True) for k, v in reference.items() if v.is_floating_point()}

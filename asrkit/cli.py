@@ -107,6 +107,8 @@ def average(
                                              "dev WER (recorded when training with a dev.jsonl).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the averaged checkpoint "
                                              "(default: EXP/averaged-last<N>.pt or EXP/averaged-best<N>.pt).")] = None,
+    by: Annotated[str | None, typer.Option(help="--best ranks by: wer (greedy dev WER) or loss (dev loss); default: "
+                                           "the run's train.select.")] = None,
 ) -> None:
     """Average the last N epoch checkpoints (--last N), or the N with the lowest dev WER (--best N), into one model
     for transcribe / evaluate."""
@@ -115,8 +117,8 @@ def average(
     for n, option in ((last, "--last"), (best, "--best")):
         if n is not None and n < 1:
             raise AsrkitError(f"{option} {n} must be at least 1")
-    path = run(exp, last, out, best=best)
-    which = f"the last {last}" if best is None else f"the {best} lowest-dev-WER"
+    path = run(exp, last, out, best=best, by=by)
+    which = f"the last {last}" if best is None else f"the {best} best-on-dev"
     typer.echo(f"averaged {which} epoch checkpoint(s) of {exp} into {path}")
 
 

@@ -33,14 +33,16 @@ from asrkit.records import Utterance
 
 # Keys that may change when resuming; any other difference from the checkpoint's config is an error.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "device", "save_every_steps", "log_every_steps",
-                     "max_bad_steps", "accum_steps", "patience", "keep_epochs", "features_on", "compile"}
+                     "max_bad_steps", "accum_steps", "patience", "keep_epochs", "features_on", "compile",
+                     "select"}
 
 
 def check_train_config(cfg: Config) -> None:
     """The train settings a TOML type check cannot catch, named with their valid values."""
     t = cfg.train
     for key, choice, valid in (("features_on", t.features_on, ("auto", "device", "workers")),
-                               ("precision", t.precision, ("auto", "bf16", "fp32"))):
+                               ("precision", t.precision, ("auto", "bf16", "fp32")),
+                               ("select", t.select, ("wer", "loss"))):
         if choice not in valid:
             raise AsrkitError(f"unknown train.{key} {choice!r}; valid: {', '.join(valid)}")
     for name, value, low in (("accum_steps", t.accum_steps, 1), ("patience", t.patience, 0),

@@ -26,19 +26,19 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from asrkit import experiment
-from asrkit.average import epoch_checkpoints
+from asrkit.average import dev_score, epoch_checkpoints
 from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
 from asrkit.data.device_features import DeviceFeaturizer
 from asrkit.data.features import Featurizer
-from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
-from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
+from asrkit.data.loader import DurationBatchSampler, Item, SpeechDataset, collate, make_loader
+from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, tokenizer_from_dict
 from asrkit.distributed import Group, restore_rng, rng_state
 from asrkit.errors import AsrkitError
 from asrkit.inference import decode_utterances
@@ -163,8 +163,10 @@ class _Loop:
         if self.batch_in_epoch and saved_world != group.world:  # same global position, rounded up
             self.batch_in_epoch = -(-self.batch_in_epoch * saved_world // group.world)
             self.say(f"note: resuming on {group.world} rank(s) instead of {saved_world}: mid-epoch position rounded")
-        self.best_wer = float(state.get("best_wer", math.inf))
+        self.best_wer = float(state.get("best_wer", math.inf))  # the dev WER of the best epoch (by train.select)
         self.history: list[dict[str, Any]] = list(state.get("history", []))
+        scores = [v for h in self.history if (v := dev_score(h, t.select)) is not None]
+        self.best_score = min(scores, default=math.inf)  # recomputed: a resume may change train.select
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
         if self.skipped:
             self._write_skipped()
@@ -353,9 +355,11 @@ class _Loop:
                 self.writer.add_scalar("dev/cer", record["dev_cer"], self.step)
         self.history.append(record)
         self.epoch += 1
-        improved = "dev_wer" in record and record["dev_wer"] < self.best_wer
+        score = dev_score(record, self.cfg.train.select)
+        improved = score is not None and score < self.best_score
         if improved:
-            self.best_wer = record["dev_wer"]
+            assert score is not None
+            self.best_score, self.best_wer = score, record["dev_wer"]
         self.stopped_early = self._out_of_patience()
         self._save("last.pt")
         if self.group.main:
@@ -368,16 +372,19 @@ class _Loop:
         by_corpus = ", ".join(f"{name} {wer:.2%}" for name, wer in record.get("dev_wer_by_corpus", {}).items())
         by_corpus = f" ({by_corpus})" if by_corpus else ""  # several corpora: " (an4 10.10%, fsdd 20.00%)"
         dev = f" dev WER {record['dev_wer']:.2%}{by_corpus} CER {record['dev_cer']:.2%}" if "dev_wer" in record else ""
-        self.say(f"epoch {record['epoch']} step {self.step}{dev}{' (best)' if improved else ''}")
+        loss = f" loss {record['dev_loss']:.3f}" if record.get("dev_loss") is not None else ""
+        self.say(f"epoch {record['epoch']} step {self.step}{dev}{loss}{' (best)' if improved else ''}")
         if self.stopped_early:
-            self.say(f"no new best dev WER for {self.cfg.train.patience} epoch(s) (train.patience): stopping; "
+            what = "dev WER" if self.cfg.train.select == "wer" else "dev loss"
+            self.say(f"no new best {what} for {self.cfg.train.patience} epoch(s) (train.patience): stopping; "
                      f"best dev WER {self.best_wer:.2%}")
 
     def _out_of_patience(self) -> bool:
-        """Epochs since the best dev WER (the first one, as a tie is no improvement) >= train.patience."""
-        wers = [h["dev_wer"] for h in self.history if "dev_wer" in h]
+        """Epochs since the best dev WER or loss (train.select; the first one, as a tie is no improvement) >=
+        train.patience."""
+        scores = [v for h in self.history if (v := dev_score(h, self.cfg.train.select)) is not None]
         patience = self.cfg.train.patience
-        return bool(patience and wers) and len(wers) - 1 - wers.index(min(wers)) >= patience
+        return bool(patience and scores) and len(scores) - 1 - scores.index(min(scores)) >= patience
 
     def _keep_epoch(self) -> None:
         """EXP/epoch-<k>.pt (weights only, for `asrkit average`); the oldest beyond train.keep_epochs go."""
@@ -395,14 +402,56 @@ class _Loop:
         pairs = list(decode_utterances(loaded, self.dev_utts, search=self.cfg.decode.search_options(),
                                        batch_size=self.cfg.decode.batch_size, workers=1))
         result = score(pairs)
+        dev_loss = self.dev_loss()
         self.model.train()
-        record: dict[str, Any] = {"dev_wer": result.wer, "dev_cer": result.cer}
+        record: dict[str, Any] = {"dev_wer": result.wer, "dev_cer": result.cer, "dev_loss": dev_loss}
         if self.dev_corpus:
             names = list(dict.fromkeys(self.dev_corpus[u.id] for u, _ in pairs))
             per = {name: score([(u, h) for u, h in pairs if self.dev_corpus[u.id] == name]) for name in names}
             record["dev_wer_by_corpus"] = {name: r.wer for name, r in per.items()}
             record["dev_cer_by_corpus"] = {name: r.cer for name, r in per.items()}
         return record
+
+    @torch.no_grad()
+    def dev_loss(self) -> float | None:
+        """The training loss on dev (no augmentation, dropout off, teacher-forced), per utterance; None when no
+        utterance gives a finite loss. Utterances whose loss is not finite (a transcript the audio is too short
+        for, or characters the tokenizer cannot encode) are left out and named."""
+        unencodable = find_unencodable(self.tokenizer, self.dev_utts)
+        if unencodable:  # the dev WER counts them (check_dev_text warned); a loss needs token ids
+            self.say(f"dev loss leaves out utterances with characters the tokenizer cannot encode: "
+                     f"{describe_unencodable(unencodable)}")
+        left_out = {i for ids in unencodable.values() for i in ids}
+        utts = [u for u in self.dev_utts if u.id not in left_out]
+        dataset = SpeechDataset(utts, self.featurizer, self.tokenizer, manifest="dev.jsonl")
+        order = sorted(range(len(utts)), key=lambda i: utts[i].duration)
+        chunks: list[list[int]] = [[]]
+        for i in order:  # duration-bucketed like training: at most train.batch_seconds of padded audio
+            full = (len(chunks[-1]) + 1) * utts[i].duration > self.cfg.train.batch_seconds \
+                or len(chunks[-1]) >= self.cfg.train.max_batch_size
+            if chunks[-1] and full:
+                chunks.append([])
+            chunks[-1].append(i)
+        total, count, bad = 0.0, 0, []
+        for chunk in chunks:
+            tries = [chunk]
+            while tries:
+                indices = tries.pop()
+                batch = collate([cast(Item, dataset[i]) for i in indices]).to(self.device)  # unreadable: left out
+                if not batch.ids:
+                    continue
+                with self.autocast:
+                    loss = float(self.model.loss(batch))
+                if math.isfinite(loss):
+                    total, count = total + loss * len(batch.ids), count + len(batch.ids)
+                elif len(indices) == 1:
+                    bad.append(batch.ids[0])
+                else:  # find the utterance(s) to blame, one at a time
+                    tries.extend([i] for i in indices)
+        if bad:
+            self.say(f"dev loss leaves out {len(bad)} utterance(s) whose loss is not finite: {', '.join(bad[:3])}"
+                     f"{' ...' if len(bad) > 3 else ''}")
+        return total / count if count else None
 
     def _save(self, name: str, collective: bool = True) -> None:
         """Rank 0 writes; `collective` (every rank calls it): with the RNG states and BatchNorm statistics of all

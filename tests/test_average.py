@@ -142,7 +142,7 @@ def test_average_cli(tmp_path: Path) -> None:
     for epoch, wer in ((1, 0.2), (2, 0.5), (3, 0.1)):
         _save_epoch(tmp_path, epoch, fill=float(epoch), dev_wer=wer)
     code, out = run("--best", "2")
-    assert code == 0 and f"averaged the 2 lowest-dev-WER epoch checkpoint(s) of {tmp_path} into " in out
+    assert code == 0 and f"averaged the 2 best-on-dev epoch checkpoint(s) of {tmp_path} into " in out
     assert load_checkpoint(tmp_path / "averaged-best2.pt").state["averaged"] == ["epoch-1.pt", "epoch-3.pt"]
     code, out = run("--last", "2", "--out", str(tmp_path / "l2.pt"))
     assert code == 0 and f"averaged the last 2 epoch checkpoint(s) of {tmp_path} into {tmp_path / 'l2.pt'}" in out
@@ -198,3 +198,68 @@ def test_patience_off_trains_every_epoch(tmp_path: Path, monkeypatch: pytest.Mon
     result = fit(cfg, _data(tmp_path), tmp_path / "exp", progress=False)
     assert not result.stopped_early and result.epochs == 3
     assert epoch_checkpoints(tmp_path / "exp") == []
+
+
+def test_select_by_dev_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.select = "loss": best.pt, patience and `average --best` follow the dev loss, not the WER."""
+    records = iter([(0.5, 3.0), (0.4, 2.5), (0.3, 2.6), (0.2, 2.7)])  # WER keeps falling, the loss is best at 2
+
+    def evaluate(self: _Loop) -> dict:
+        wer, loss = next(records)
+        return {"dev_wer": wer, "dev_cer": 0.1, "dev_loss": loss}
+
+    monkeypatch.setattr(_Loop, "evaluate", evaluate)
+    cfg = build_config({"model": MODEL, "features": {"n_mels": 40, "spec_augment": False},
+                        "train": {"epochs": 10, "patience": 2, "keep_epochs": 3, "batch_seconds": 1.0,
+                                  "num_workers": 0, "save_every_steps": 0, "warmup_steps": 1, "select": "loss"}})
+    result = fit(cfg, _data(tmp_path), tmp_path / "exp", progress=False)
+    assert result.stopped_early and result.epochs == 4  # epochs 3 and 4 were no better than 2 by loss
+    assert result.best_wer == 0.4  # the WER of the best epoch by loss, not the lowest WER (0.2)
+    assert load_checkpoint(tmp_path / "exp" / "best.pt").state["epoch"] == 2
+    # the run's own train.select ranks the kept epochs 2-4 by loss (2.5, 2.6, 2.7); --by wer overrides it
+    assert load_checkpoint(average(tmp_path / "exp", best=1)).state["averaged"] == ["epoch-2.pt"]
+    assert load_checkpoint(average(tmp_path / "exp", best=1, by="wer")).state["averaged"] == ["epoch-4.pt"]
+    with pytest.raises(AsrkitError, match="--by 'acc': rank by wer or loss"):
+        average(tmp_path / "exp", best=1, by="acc")
+
+
+def test_unknown_select_is_a_config_error(tmp_path: Path) -> None:
+    cfg = build_config({"model": MODEL, "features": {"n_mels": 40}, "train": {"select": "cer"}})
+    with pytest.raises(AsrkitError, match="unknown train.select 'cer'; valid: wer, loss"):
+        fit(cfg, _data(tmp_path), tmp_path / "exp", progress=False)
+
+
+def test_dev_loss_is_the_mean_loss_per_dev_utterance(tmp_path: Path) -> None:
+    """The recorded dev loss equals the model's loss on each dev utterance alone (eval mode), averaged; an
+    utterance whose loss is not finite (DeepSpeech2 keeps CTC's inf: a transcript too long for its audio) is named
+    and left out instead of making the mean inf."""
+    data = _data(tmp_path)
+    long_text = "three" * 14  # 70 characters in 0.5 s of audio: more labels than CTC frames
+    dev = (data / "dev.jsonl").read_text() + "".join(json.dumps(
+        {"id": name, "audio_filepath": str(FSDD_ASSETS / "3_lucas_10.wav"), "duration": 0.5, "text": text}) + "\n"
+        for name, text in (("too_long", long_text), ("accented", "thrée")))
+    (data / "dev.jsonl").write_text(dev)
+    cfg = build_config({"model": MODEL, "features": {"n_mels": 40, "spec_augment": False},
+                        "train": {"epochs": 1, "batch_seconds": 2.0, "num_workers": 0, "warmup_steps": 1}})
+    lines: list[str] = []
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr("asrkit.train.say", lines.append)
+    try:
+        result = fit(cfg, data, tmp_path / "exp", progress=False)
+    finally:
+        monkeypatch.undo()
+    recorded = result.history[0]["dev_loss"]
+    assert any("dev loss leaves out 1 utterance(s) whose loss is not finite: too_long" in line for line in lines)
+    assert any("dev loss leaves out utterances with characters the tokenizer cannot encode: 'é' in accented" in line
+               for line in lines)
+    loaded = load_checkpoint(tmp_path / "exp" / "last.pt")
+    from asrkit.data.loader import SpeechDataset, collate
+    from asrkit.data.manifest import read_manifest
+
+    utts = [u for u in read_manifest(data / "dev.jsonl") if u.id not in ("too_long", "accented")]
+    dataset = SpeechDataset(utts, loaded.featurizer, loaded.tokenizer)
+    loaded.model.eval()
+    with torch.no_grad():
+        alone = [float(loaded.model.loss(collate([dataset[i]]))) for i in range(len(utts))]
+    assert recorded == pytest.approx(sum(alone) / len(alone), rel=1e-4)
+    assert 0 < recorded < float("inf")
