@@ -24,7 +24,13 @@ from asrkit.data.audio import load_utterance
 from asrkit.data.features import Featurizer
 from asrkit.data.manifest import read_manifest
 from asrkit.data.text import NORMALISER_FILE, read_normaliser
-from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, train_tokenizer
+from asrkit.data.tokenizer import (
+    Tokenizer,
+    describe_unencodable,
+    find_unencodable,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.io import atomic_write
 from asrkit.models.layers import ASRModel
@@ -366,20 +372,26 @@ def _role(name: str) -> str:
     return f"{ROLES.get(head, head)}.{rest}" if rest else name
 
 
-def init_weights(model: ASRModel, source: Path) -> str:
+def init_weights(model: ASRModel, source: Path, tokenizer: Tokenizer | None = None) -> str:
     """Copy into `model` every parameter and buffer of the checkpoint `source` (a file or an experiment folder)
     whose name and shape match, the encoder and CTC head matched by role across families (ROLES): e.g. a CTC
     run's Conformer encoder and CTC layer into a transducer (its auxiliary CTC head) or LAS (its listener) with
-    the same [encoder]. The rest keep their fresh initialisation. Returns the line to print; an error when
-    nothing matches."""
+    the same [encoder]. Where the model's `tokenizer` differs from the checkpoint's (another corpus's characters),
+    the token-indexed layers (model.vocab_layers) get the rows of the tokens both have, by token; the other rows
+    stay fresh. The rest keep their fresh initialisation. Returns the line to print; an error when nothing
+    matches."""
     from asrkit.checkpoint import read_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(source)
-    weights = {_role(k): v for k, v in read_checkpoint(path).get("model", {}).items()}
+    data = read_checkpoint(path)
+    weights = {_role(k): v for k, v in data.get("model", {}).items()}
     own = model.state_dict()
     by_role = {_role(k): k for k in own}
     shared = {by_role[r]: v for r, v in weights.items() if r in by_role}
+    by_token, tokens_shared = _rows_by_token(model, own, shared, data.get("tokenizer"), tokenizer)
+    shared = {k: v for k, v in shared.items() if k not in by_token}
     same = {k: v for k, v in shared.items() if tuple(own[k].shape) == tuple(v.shape)}
+    same.update(by_token)
     other_shape = sorted(k for k in shared if k not in same)
     if not same:
         raise AsrkitError(f"--init {source}: none of its {len(weights)} weight tensors matches this model by name and "
@@ -390,8 +402,36 @@ def init_weights(model: ASRModel, source: Path) -> str:
     values = sum(v.numel() for v in same.values())
     total = sum(v.numel() for v in own.values())
     line = (f"initialised {len(same)} of {len(own)} weight tensors ({values:,} of {total:,} values) from {path}"
+            + (f"; {len(by_token)} token-indexed tensor(s) copied row by token ({tokens_shared} of "
+               f"{own[next(iter(by_token))].shape[0]} tokens in both vocabularies)" if by_token else "")
             + (f"; kept fresh: {_summary(fresh)}" if fresh else ""))
     return line + (f"; not copied, other shape: {_summary(other_shape)}" if other_shape else "")
+
+
+def _rows_by_token(model: ASRModel, own: dict[str, torch.Tensor], shared: dict[str, torch.Tensor],
+                   saved: dict[str, Any] | None, tokenizer: Tokenizer | None) -> tuple[dict[str, torch.Tensor], int]:
+    """({name: own-shaped tensor whose rows come from the checkpoint's row of the same token}, tokens in both) for
+    the token-indexed tensors of `model`, where the two vocabularies differ; ({}, 0) where they are the same or
+    unknown (then rows are copied by position, with the rest)."""
+    if tokenizer is None or not saved:
+        return {}, 0
+    mine, theirs = tokenizer.vocab, tokenizer_from_dict(saved).vocab
+    if mine == theirs:
+        return {}, 0
+    index = {token: i for i, token in enumerate(theirs)}
+    pairs = [(i, index[token]) for i, token in enumerate(mine) if token in index]
+    rows_mine = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    rows_theirs = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    out = {}
+    for name, value in shared.items():
+        layer = any(name == p or name.startswith(p + ".") for p in model.vocab_layers)
+        if not layer or own[name].dim() == 0 or own[name].shape[0] != len(mine) or value.shape[0] != len(theirs) \
+                or own[name].shape[1:] != value.shape[1:]:
+            continue
+        rows = own[name].clone()
+        rows[rows_mine] = value[rows_theirs].to(rows.dtype)
+        out[name] = rows
+    return out, len(pairs)
 
 
 def _summary(names: list[str], shown: int = 4) -> str:

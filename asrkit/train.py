@@ -102,7 +102,7 @@ def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str |
             model = build_model(cfg, cfg.features.n_mels, len(tokenizer.vocab)).to(group.device)
             state = {"skipped": {**too_long, **skipped}}
             if init is not None:
-                line = experiment.init_weights(model, Path(init))
+                line = experiment.init_weights(model, Path(init), tokenizer)
                 state["init"] = str(init)
                 if group.main:
                     say(line)

@@ -137,3 +137,15 @@ def test_the_capabilities_each_family_declares() -> None:
         if not model.streaming:
             with pytest.raises(ValueError, match="cannot stream"):
                 model.start_stream(SearchOptions())
+
+
+@pytest.mark.parametrize(("family", "kind"), CASES, ids=[f"{f}-{k or 'own'}" for f, k in CASES])
+def test_vocab_layers_name_exactly_the_token_indexed_weights(family: str, kind: str) -> None:
+    """`train --init` copies the rows of model.vocab_layers by token: they must be the weights whose first
+    dimension grows with the vocabulary, and nothing else."""
+    cfg = build_config(sections(family, kind))
+    small, large = build_model(cfg, N_MELS, 10).state_dict(), build_model(cfg, N_MELS, 13).state_dict()
+    grows = {k for k in small if small[k].dim() and large[k].shape[0] == small[k].shape[0] + 3}
+    layers = make(family, kind).vocab_layers
+    declared = {k for k in small if any(k.startswith(p + ".") for p in layers)}
+    assert grows and declared == grows

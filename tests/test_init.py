@@ -98,3 +98,26 @@ def test_an4_recipe_passes_init_to_a_fresh_train_stage_only(tmp_path: Path, monk
 def test_the_cli_documents_it() -> None:
     result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
     assert result.exit_code == 0 and "--init" in result.output
+
+
+def test_token_rows_follow_the_token_when_the_vocabularies_differ(ctc_run: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Another corpus's characters: the CTC layer's rows of the tokens both vocabularies have come from the
+    checkpoint's row of the same token (not the same position); the new tokens' rows stay fresh."""
+    _, ctc = ctc_run
+    other = _corpus(tmp_path, "b", {"two": "2_jackson_5.wav", "three": "3_jackson_5.wav"})
+    fit(build_config({**CTC, "train": {**COMMON["train"], "lr": 0.0}}), other, tmp_path / "b_ctc", progress=False,
+        init=ctc)
+    source, started = read_checkpoint(ctc), read_checkpoint(tmp_path / "b_ctc" / "last.pt")
+    theirs = ["<blank>", *source["tokenizer"]["chars"]]
+    mine = ["<blank>", *started["tokenizer"]["chars"]]
+    assert mine != theirs and len(mine) != len(theirs)
+    both = [t for t in mine if t in theirs]
+    assert set(both) >= {"<blank>", "o", "e", "r"} and "t" in mine and "t" not in theirs
+    for name in ("head.weight", "head.bias"):
+        for token in both:
+            assert torch.equal(started["model"][name][mine.index(token)], source["model"][name][theirs.index(token)])
+        assert not torch.equal(started["model"][name][mine.index("t")], source["model"][name][theirs.index("z")])
+    out = capsys.readouterr()
+    assert (f"2 token-indexed tensor(s) copied row by token ({len(both)} of {len(mine)} tokens in both "
+            "vocabularies)") in out.out + out.err

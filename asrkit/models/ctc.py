@@ -48,6 +48,8 @@ class CTCObjective(ASRModel):
 class CTCModel(CTCObjective):
     """An encoder with a CTC head; `decode` is greedy or a beam search (asrkit.decoding) over `ctc_emissions`."""
 
+    vocab_layers = ("head",)
+
     def __init__(self, encoder: EncoderModule, vocab_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.encoder = encoder

@@ -108,6 +108,7 @@ class DeepSpeech2(CTCObjective):
     impossible alignment shows as a non-finite loss (the trainer counts and skips such steps)."""
 
     zero_infinity = False
+    vocab_layers = ("fc",)
 
     def __init__(self, n_feats: int, vocab_size: int, *, conv_layers: int = 2, conv_channels: int = 32,
                  rnn_type: str = "gru", rnn_layers: int = 3, rnn_hidden: int = 256, bidirectional: bool = True,

@@ -251,6 +251,9 @@ class LAS(ASRModel):
                  ctc: nn.Linear | None = None, teaching: Teaching | None = None) -> None:
         super().__init__()
         self.listener, self.attention, self.speller, self.ctc = listener, attention, speller, ctc
+        # the LSTM speller's output is Linear-Tanh-Linear (the last one is over tokens), the Transformer's one Linear
+        out = "speller.out.2" if isinstance(speller.out, nn.Sequential) else "speller.out"
+        self.vocab_layers = ("speller.embed", out, "ctc")
         self.teaching = teaching or Teaching()
         self.time_reduction = listener.time_reduction
         self.sampling = 0.0  # the current scheduled-sampling rate, set by on_step

@@ -43,6 +43,9 @@ class ASRModel(nn.Module):
 
     time_reduction: int = 1  # feature frames per output frame
     objective: ClassVar[str] = "ctc"  # ctc | attention | transducer: what its search reads (asrkit.search.SETTINGS)
+    # Modules whose weights are indexed by token along their first dimension (output layers, embeddings): `train
+    # --init` copies their rows by token when the two models' vocabularies differ (experiment.init_weights).
+    vocab_layers: tuple[str, ...] = ()
 
     def fusion_units(self, search: SearchOptions) -> str:
         """The LM `decode` takes for `search`: "tokens" (asrkit.lm.UnitLM), "words" (asrkit.lm.WordLM), or "" (none:

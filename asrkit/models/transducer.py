@@ -312,6 +312,7 @@ class Transducer(ASRModel):
     """RNN-T composed of an encoder, a prediction network and a joint network (see the module docstring)."""
 
     objective = "transducer"
+    vocab_layers = ("predictor.embed", "joiner.out", "ctc")
 
     def __init__(self, encoder: EncoderModule, predictor: Predictor, joiner: Joiner, *,
                  joint_max_elements: int = 50_000_000, ctc_weight: float = 0.0) -> None:
