@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,8 +37,8 @@ from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
 from asrkit.data.device_features import DeviceFeaturizer
 from asrkit.data.features import Featurizer
-from asrkit.data.loader import DurationBatchSampler, Item, SpeechDataset, collate, make_loader
-from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable, tokenizer_from_dict
+from asrkit.data.loader import DurationBatchSampler, SpeechDataset, make_loader
+from asrkit.data.tokenizer import Tokenizer, tokenizer_from_dict
 from asrkit.distributed import Group, restore_rng, rng_state
 from asrkit.errors import AsrkitError
 from asrkit.inference import decode_utterances
@@ -49,6 +49,7 @@ from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.schedule import learning_rate
 from asrkit.scoring import score
+from asrkit.validation import dev_loss
 
 
 @dataclass
@@ -412,46 +413,11 @@ class _Loop:
             record["dev_cer_by_corpus"] = {name: r.cer for name, r in per.items()}
         return record
 
-    @torch.no_grad()
     def dev_loss(self) -> float | None:
-        """The training loss on dev (no augmentation, dropout off, teacher-forced), per utterance; None when no
-        utterance gives a finite loss. Utterances whose loss is not finite (a transcript the audio is too short
-        for, or characters the tokenizer cannot encode) are left out and named."""
-        unencodable = find_unencodable(self.tokenizer, self.dev_utts)
-        if unencodable:  # the dev WER counts them (check_dev_text warned); a loss needs token ids
-            self.say(f"dev loss leaves out utterances with characters the tokenizer cannot encode: "
-                     f"{describe_unencodable(unencodable)}")
-        left_out = {i for ids in unencodable.values() for i in ids}
-        utts = [u for u in self.dev_utts if u.id not in left_out]
-        dataset = SpeechDataset(utts, self.featurizer, self.tokenizer, manifest="dev.jsonl")
-        order = sorted(range(len(utts)), key=lambda i: utts[i].duration)
-        chunks: list[list[int]] = [[]]
-        for i in order:  # duration-bucketed like training: at most train.batch_seconds of padded audio
-            full = (len(chunks[-1]) + 1) * utts[i].duration > self.cfg.train.batch_seconds \
-                or len(chunks[-1]) >= self.cfg.train.max_batch_size
-            if chunks[-1] and full:
-                chunks.append([])
-            chunks[-1].append(i)
-        total, count, bad = 0.0, 0, []
-        for chunk in chunks:
-            tries = [chunk]
-            while tries:
-                indices = tries.pop()
-                batch = collate([cast(Item, dataset[i]) for i in indices]).to(self.device)  # unreadable: left out
-                if not batch.ids:
-                    continue
-                with self.autocast:
-                    loss = float(self.model.loss(batch))
-                if math.isfinite(loss):
-                    total, count = total + loss * len(batch.ids), count + len(batch.ids)
-                elif len(indices) == 1:
-                    bad.append(batch.ids[0])
-                else:  # find the utterance(s) to blame, one at a time
-                    tries.extend([i] for i in indices)
-        if bad:
-            self.say(f"dev loss leaves out {len(bad)} utterance(s) whose loss is not finite: {', '.join(bad[:3])}"
-                     f"{' ...' if len(bad) > 3 else ''}")
-        return total / count if count else None
+        """The training loss on dev per utterance (asrkit.validation.dev_loss)."""
+        t = self.cfg.train
+        return dev_loss(self.model, self.dev_utts, self.featurizer, self.tokenizer, self.device, self.autocast,
+                        batch_seconds=t.batch_seconds, max_batch_size=t.max_batch_size, say=self.say)
 
     def _save(self, name: str, collective: bool = True) -> None:
         """Rank 0 writes; `collective` (every rank calls it): with the RNG states and BatchNorm statistics of all
