@@ -30,6 +30,7 @@ def epoch_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 SELECT_KEYS = {"wer": "dev_wer", "loss": "dev_loss"}  # train.select -> the history record's key
+SELECT_NAMES = {"wer": "dev WER", "loss": "dev loss"}  # train.select -> what messages call it
 
 
 def dev_score(record: Any, select: str = "wer") -> float | None:
@@ -51,13 +52,18 @@ def recorded_dev_wer(train_state: dict[str, Any], epoch: int, select: str = "wer
     return None
 
 
-def lowest_dev_wer(found: list[tuple[int, Path]], n: int, select: str = "wer") -> list[tuple[int, Path]]:
-    """The n of the (epoch, path) checkpoints with the lowest recorded dev WER (select="loss": dev loss; a tie
-    goes to the newer epoch), oldest first. Every checkpoint must record it."""
-    what = "dev WER" if select == "wer" else "dev loss"
+def lowest_dev_wer(found: list[tuple[int, Path]], n: int, select: str | None = "wer") -> list[tuple[int, Path]]:
+    """The n of the (epoch, path) checkpoints with the lowest recorded dev WER (select="loss": dev loss; None: what
+    the newest one's train.select says; a tie goes to the newer epoch), oldest first. Every checkpoint must record
+    it."""
+    saved = [(epoch, path, read_checkpoint(path)) for epoch, path in found]  # each file read once
+    if select is None:  # the run's own train.select
+        chosen = ((saved[-1][2].get("config") or {}).get("train") or {}).get("select", "wer")
+        select = chosen if chosen in SELECT_KEYS else "wer"
+    what = SELECT_NAMES[select]
     ranked, missing = [], []
-    for epoch, path in found:
-        wer = recorded_dev_wer(read_checkpoint(path).get("train") or {}, epoch, select)
+    for epoch, path, data in saved:
+        wer = recorded_dev_wer(data.get("train") or {}, epoch, select)
         if wer is None:
             missing.append(path.name)
         else:
@@ -94,10 +100,7 @@ def average(exp_dir: str | Path, last: int | None = None, out: str | Path | None
         have = ", ".join(p.name for _, p in found) or "none"
         raise AsrkitError(f"{exp_dir}: {len(found)} epoch checkpoint(s) ({have}), fewer than {option} {n}; "
                           f"train with --set train.keep_epochs={n} (or more) to keep them, or average fewer")
-    if best is not None and by is None:  # the run's own train.select
-        by = str(((read_checkpoint(found[-1][1]).get("config") or {}).get("train") or {}).get("select", "wer"))
-        by = by if by in SELECT_KEYS else "wer"
-    paths = [p for _, p in (found[-n:] if best is None else lowest_dev_wer(found, n, by or "wer"))]
+    paths = [p for _, p in (found[-n:] if best is None else lowest_dev_wer(found, n, by))]
     newest = load_checkpoint(paths[-1])  # its config, tokenizer and features; checks the weights fit the model
     reference = newest.model.state_dict()
     sums = {k: v.to(torch.float64, copy=True) for k, v in reference.items() if v.is_floating_point()}

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from asrkit.average import SELECT_KEYS
 from asrkit.config import Config
 from asrkit.data.audio import load_utterance
 from asrkit.data.features import Featurizer
@@ -48,7 +49,7 @@ def check_train_config(cfg: Config) -> None:
     t = cfg.train
     for key, choice, valid in (("features_on", t.features_on, ("auto", "device", "workers")),
                                ("precision", t.precision, ("auto", "bf16", "fp32")),
-                               ("select", t.select, ("wer", "loss"))):
+                               ("select", t.select, tuple(SELECT_KEYS))):
         if choice not in valid:
             raise AsrkitError(f"unknown train.{key} {choice!r}; valid: {', '.join(valid)}")
     for name, value, low in (("accum_steps", t.accum_steps, 1), ("patience", t.patience, 0),

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from asrkit import experiment
-from asrkit.average import dev_score, epoch_checkpoints
+from asrkit.average import SELECT_NAMES, dev_score, epoch_checkpoints
 from asrkit.checkpoint import Loaded, load_checkpoint, save_checkpoint
 from asrkit.config import Config
 from asrkit.data.device_features import DeviceFeaturizer
@@ -164,10 +164,11 @@ class _Loop:
         if self.batch_in_epoch and saved_world != group.world:  # same global position, rounded up
             self.batch_in_epoch = -(-self.batch_in_epoch * saved_world // group.world)
             self.say(f"note: resuming on {group.world} rank(s) instead of {saved_world}: mid-epoch position rounded")
-        self.best_wer = float(state.get("best_wer", math.inf))  # the dev WER of the best epoch (by train.select)
         self.history: list[dict[str, Any]] = list(state.get("history", []))
-        scores = [v for h in self.history if (v := dev_score(h, t.select)) is not None]
-        self.best_score = min(scores, default=math.inf)  # recomputed: a resume may change train.select
+        # the best epoch by train.select, from the history (a resume may change train.select): its score, its WER
+        scored = [(v, float(h["dev_wer"])) for h in self.history if (v := dev_score(h, t.select)) is not None]
+        best: tuple[float, float] = min(scored, key=lambda s: s[0], default=(math.inf, math.inf))
+        self.best_score, self.best_wer = best
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
         if self.skipped:
             self._write_skipped()
@@ -376,7 +377,7 @@ class _Loop:
         loss = f" loss {record['dev_loss']:.3f}" if record.get("dev_loss") is not None else ""
         self.say(f"epoch {record['epoch']} step {self.step}{dev}{loss}{' (best)' if improved else ''}")
         if self.stopped_early:
-            what = "dev WER" if self.cfg.train.select == "wer" else "dev loss"
+            what = SELECT_NAMES[self.cfg.train.select]
             self.say(f"no new best {what} for {self.cfg.train.patience} epoch(s) (train.patience): stopping; "
                      f"best dev WER {self.best_wer:.2%}")
 

@@ -11,7 +11,7 @@ from typing import cast
 import torch
 
 from asrkit.data.features import Featurizer
-from asrkit.data.loader import Item, SpeechDataset, collate
+from asrkit.data.loader import DurationBatchSampler, Item, SpeechDataset, collate
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
 from asrkit.models.layers import ASRModel
 from asrkit.records import Utterance
@@ -32,12 +32,8 @@ def dev_loss(model: ASRModel, dev_utts: Sequence[Utterance], featurizer: Featuri
     left_out = {i for ids in unencodable.values() for i in ids}
     utts = [u for u in dev_utts if u.id not in left_out]
     dataset = SpeechDataset(utts, featurizer, tokenizer, manifest="dev.jsonl")
-    chunks: list[list[int]] = [[]]
-    for i in sorted(range(len(utts)), key=lambda i: utts[i].duration):  # bucketed like training
-        full = (len(chunks[-1]) + 1) * utts[i].duration > batch_seconds or len(chunks[-1]) >= max_batch_size
-        if chunks[-1] and full:
-            chunks.append([])
-        chunks[-1].append(i)
+    # bucketed like training's first (in-order) epoch
+    chunks = DurationBatchSampler([u.duration for u in utts], batch_seconds, max_batch_size, shuffle=False).batches(0)
     total, count, bad = 0.0, 0, []
     for chunk in chunks:
         tries = [chunk]
