@@ -28,7 +28,7 @@ from asrkit.lm import SPACE_WORD, UnitLM, load_fusion_lm, unit_sentence
 from asrkit.models import MODELS, build_model
 from asrkit.models.attention_plot import plot_attention, token_labels
 from asrkit.models.las import LAS, Listener, concat_pairs
-from asrkit.models.las_search import EOS, CTCScorer, LMScorer, State, beam_search, greedy_search
+from asrkit.models.las_search import EOS, CTCScorer, LMScorer, State, beam_search, ctc_length_caps, greedy_search
 from asrkit.records import Batch, Hypothesis
 from asrkit.search import SearchOptions, describe
 
@@ -276,6 +276,35 @@ def test_search_stops_at_max_length() -> None:
     (found,) = beam_search(table_step(forever), table_state(3), [6], beam=3)
     assert greedy.tokens == (1,) * 6 and greedy.weights.shape[0] == 6
     assert max(len(f.tokens) for f in found) == 6
+
+
+def test_ctc_length_caps_count_the_best_path() -> None:
+    path = [0, 3, 3, 0, 4, 4, 0, 5, 2]  # 7 real frames, best path "b c" (2 tokens), then 2 padded frames
+    logits = torch.nn.functional.one_hot(torch.tensor([path, path]), 6).float()
+    assert ctc_length_caps([50, 5], logits, torch.tensor([7, 7])) == [math.ceil(1.5 * 2) + 4, 5]
+    assert ctc_length_caps([50], logits[:1], torch.tensor([9])) == [math.ceil(1.5 * 4) + 4]  # padding not counted
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
+def test_a_decoder_that_never_ends_stops_near_the_ctc_length(ctc_weight: float, monkeypatch: Any) -> None:
+    """An attention decoder that loops (never EOS) runs to max_len_ratio x T' tokens, or, with a CTC head, to
+    the cap that the head's best path sets: greedy dev WER stays meaningful for choosing best.pt."""
+    model = make_las(ctc_weight=ctc_weight).eval()
+    batch = make_batch([40, 33], [3, 3])
+
+    def loop(prev: torch.Tensor, state: State, memory: Any) -> tuple[torch.Tensor, State]:
+        logits, state = LAS._step(model, prev, state, memory)
+        return logits + 100.0 * torch.nn.functional.one_hot(torch.tensor(5), VOCAB), state  # always "d"
+
+    monkeypatch.setattr(model, "_step", loop)
+    search = replace(SEARCH, max_len_ratio=4.0, beam_size=1)
+    out = model.decode(batch.feats, batch.feat_lens, search, tokenizer=TOK)
+    enc, lens = model.listener(batch.feats, batch.feat_lens)
+    limits = [math.ceil(4.0 * n) for n in lens.tolist()]
+    if model.ctc is not None:
+        limits = ctc_length_caps(limits, model.ctc(enc), lens)
+        assert all(x < math.ceil(4.0 * n) for x, n in zip(limits, lens.tolist(), strict=True))
+    assert [len(h.tokens) for (h,) in out] == limits
 
 
 def brute_force_ctc(x: torch.Tensor, prefix: tuple[int, ...], whole: bool) -> float:

@@ -30,7 +30,8 @@ from torch import nn
 from asrkit.config import LASConfig
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.models.fusion import WordFusion, WordLMScorer
-from asrkit.models.las_search import EOS, CTCScorer, Found, LMScorer, Scorer, State, beam_search, greedy_search
+from asrkit.models.las_search import (EOS, CTCScorer, Found, LMScorer, Scorer, State, beam_search, ctc_length_caps,
+                                     greedy_search)
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
 from asrkit.models.transformer_decoder import Encoded, TransformerDecoder
 from asrkit.records import Batch, Emissions, Hypothesis
@@ -344,6 +345,8 @@ class LAS(ASRModel):
 
         lens = enc_lens.tolist()
         max_lens = [max(1, math.ceil(search.max_len_ratio * n)) for n in lens]
+        if self.ctc is not None and not search.ctc_weight:  # (CTC prefix scores end a runaway by themselves)
+            max_lens = ctc_length_caps(max_lens, self.ctc(enc), enc_lens)
         if greedy:
             results = [[f] for f in greedy_search(step, state, max_lens)]
         else:

@@ -62,6 +62,21 @@ def greedy_search(step: StepFn, state: State, max_lens: list[int]) -> list[Found
     return found
 
 
+CTC_CAP = (1.5, 4)  # an attention search without CTC scoring stops after 1.5 x the CTC head's length + 4 tokens
+
+
+def ctc_length_caps(max_lens: list[int], logits: torch.Tensor, lens: torch.Tensor) -> list[int]:
+    """max_lens lowered to CTC_CAP of the tokens the CTC head's best path holds (logits (B, T', V), blank = EOS):
+    an attention decoder that never says EOS (it loops on a phrase) stops near the length the CTC head hears
+    instead of max_len_ratio x T' tokens, several times the answer's length."""
+    best = logits.argmax(-1)
+    caps = []
+    for j, (cap, n) in enumerate(zip(max_lens, lens.tolist(), strict=True)):
+        heard = int((torch.unique_consecutive(best[j, :n]) != EOS).sum())
+        caps.append(max(1, min(cap, math.ceil(CTC_CAP[0] * heard) + CTC_CAP[1])))
+    return caps
+
+
 class LMScorer:
     """Shallow fusion: weight x the unit LM's log-probability of each candidate (EOS scores as </s>); the LM is
     an asrkit.lm.UnitLM, loaded once outside the model."""
