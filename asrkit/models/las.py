@@ -30,8 +30,17 @@ from torch import nn
 from asrkit.config import LASConfig
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.models.fusion import WordFusion, WordLMScorer
-from asrkit.models.las_search import (EOS, CTCScorer, Found, LMScorer, Scorer, State, beam_search, ctc_length_caps,
-                                     greedy_search)
+from asrkit.models.las_search import (
+    EOS,
+    CTCScorer,
+    Found,
+    LMScorer,
+    Scorer,
+    State,
+    beam_search,
+    ctc_length_caps,
+    greedy_search,
+)
 from asrkit.models.layers import ASRModel, EncoderModule, length_mask, pack, unpack
 from asrkit.models.transformer_decoder import Encoded, TransformerDecoder
 from asrkit.records import Batch, Emissions, Hypothesis
