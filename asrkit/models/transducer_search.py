@@ -2,26 +2,23 @@
 Both take encoder frames (already through the joint network's encoder projection) as they come, a whole
 utterance or chunk by chunk (streaming), and follow the same steps either way.
 
-Shapes: N hypotheses (the batch for greedy, the beam for beam search), J joint size, V vocabulary (blank = 0).
+The beam search's steps are asrkit.rnnt_beam's, shared with the ONNX runtime. Shapes: N hypotheses (the batch
+for greedy, the beam for beam search), J joint size, V vocabulary (blank = 0).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
-from asrkit.data.tokenizer import Tokenizer
-from asrkit.decoding import word_timings
-from asrkit.records import Hypothesis
+from asrkit.rnnt_beam import BLANK, FrameBeam, Hyp, Path, to_hypothesis
 
 if TYPE_CHECKING:  # for the type hints only
-    from asrkit.models.fusion import Fused, WordFusion
+    from asrkit.models.fusion import WordFusion
 
-BLANK = 0  # also the predictor's start symbol
+__all__ = ["BLANK", "BeamSearch", "GreedySearch", "LSTMState", "Path", "to_hypothesis"]
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers * directions, N, H)
 
 
@@ -38,15 +35,6 @@ class Joiner(Protocol):
     out: nn.Linear
 
     def __call__(self, enc_j: torch.Tensor, pred_j: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class Path:
-    """A decoded token sequence: tokens, the encoder frame each was emitted at, log-probability."""
-
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]
-    score: float
 
 
 class GreedySearch:
@@ -94,117 +82,38 @@ class GreedySearch:
         return tuple(self.tokens[b])
 
 
-@dataclass
-class _Hyp:
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]
-    score: float  # log p_model(tokens | frames so far)
-    pred_j: torch.Tensor  # (J,) projected predictor output after `tokens`
-    state: LSTMState  # predictor state after `tokens`, each (L, 1, P)
-    fused: Fused | None = None  # the word LM's side of `tokens` (shallow fusion), None without an LM
-    lm: float = 0.0  # its weighted score (WordFusion.value), part of the ranking
-
-
-def _logaddexp(a: float, b: float) -> float:
-    hi, lo = max(a, b), min(a, b)
-    return hi + math.log1p(math.exp(lo - hi)) if lo > -math.inf else hi
-
-
-class BeamSearch:
-    """Time-synchronous beam search for one utterance (Saon et al. 2020): in every encoder frame each hypothesis
-    may grow by up to `max_symbols` tokens; hypotheses that end the frame with the same tokens are merged (their
-    probabilities add), and the `beam` best are kept. Expansion in a frame stops once no new hypothesis could
-    enter the beam. Every hypothesis ends a frame with a blank, so `max_symbols` must cover the longest burst the
-    model emits in one frame (characters at 60 ms frames: a whole word); greedy search instead moves on.
-
-    With `fusion` (a word LM, asrkit.models.fusion), hypotheses are ranked by the model's score plus the LM's
-    weighted score of their words (shallow fusion); merged hypotheses share their tokens, hence their LM score."""
+class BeamSearch(FrameBeam):
+    """asrkit.rnnt_beam.FrameBeam's time-synchronous beam search on the PyTorch predictor and joiner, for one
+    utterance, its frames as they come (`advance`)."""
 
     def __init__(self, predictor: Predictor, joiner: Joiner, beam: int, max_symbols: int,
                  device: torch.device, fusion: WordFusion | None = None) -> None:
-        if beam < 1:
-            raise ValueError(f"beam_size must be at least 1, got {beam}")
-        self.predictor, self.joiner, self.beam_size, self.max_symbols = predictor, joiner, beam, max_symbols
-        self.fusion = fusion
+        self.predictor, self.joiner = predictor, joiner
         out, state = predictor.step(torch.full((1,), BLANK, dtype=torch.long, device=device), None)
-        fused = fusion.start() if fusion is not None else None
-        self.beam = [_Hyp((), (), 0.0, joiner.pred_proj(out)[0], state, fused)]
+        super().__init__(beam, max_symbols, joiner.pred_proj(out)[0], state, fusion)
         self.t = 0
-
-    def _extend_lm(self, h: _Hyp, token: int) -> tuple[Fused | None, float]:
-        if self.fusion is None or h.fused is None:
-            return None, 0.0
-        fused = self.fusion.extend(h.fused, token)
-        return fused, self.fusion.value(fused)
 
     def advance(self, enc_j: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
         """Consume projected encoder frames (1, t, J) (`lengths`: absolute, frames at or past it are skipped)."""
         n = enc_j.shape[1] if lengths is None else max(0, min(enc_j.shape[1], int(lengths[0]) - self.t))
         for i in range(n):
-            self._frame(enc_j[0, i], self.t + i)
+            self.frame(enc_j[0, i], self.t + i)
         self.t += enc_j.shape[1]
 
-    def _frame(self, enc_t: torch.Tensor, t: int) -> None:
-        ended: dict[tuple[int, ...], _Hyp] = {}  # hypotheses that emitted the blank in this frame
-        current = self.beam
-        vocab = self.joiner.out.out_features
-        for v in range(self.max_symbols + 1):
-            pred_j = torch.stack([h.pred_j for h in current])  # (N, J)
-            logp = torch.log_softmax(self.joiner(enc_t[None], pred_j).float(), dim=-1)  # (N, V)
-            blank_logp = logp[:, BLANK].tolist()
-            for h, lp in zip(current, blank_logp, strict=True):
-                old = ended.get(h.tokens)
-                score = h.score + lp
-                if old is None:
-                    ended[h.tokens] = _Hyp(h.tokens, h.frames, score, h.pred_j, h.state, h.fused, h.lm)
-                else:  # the same tokens by another alignment: add the probabilities, keep the better timing
-                    frames = old.frames if old.score >= score else h.frames
-                    ended[h.tokens] = _Hyp(h.tokens, frames, _logaddexp(old.score, score), h.pred_j, h.state,
-                                           h.fused, h.lm)
-            if v == self.max_symbols or vocab == 1:
-                break
-            top_logp, top_tok = logp[:, 1:].topk(min(self.beam_size, vocab - 1), dim=-1)  # (N, k)
-            candidates = []  # (ranking score, parent, token, model score, LM state, LM score)
-            for n, h in enumerate(current):
-                for lp, tok in zip(top_logp[n].tolist(), top_tok[n].tolist(), strict=True):
-                    fused, lm = self._extend_lm(h, tok + 1)
-                    candidates.append((h.score + lp + lm, n, tok + 1, h.score + lp, fused, lm))
-            grown = sorted(candidates, key=lambda g: g[0], reverse=True)[: self.beam_size]
-            if len(ended) >= self.beam_size:
-                floor = sorted((h.score + h.lm for h in ended.values()), reverse=True)[self.beam_size - 1]
-                grown = [g for g in grown if g[0] > floor]  # further growth only lowers a score
-            if not grown:
-                break
-            tokens = torch.tensor([g[2] for g in grown], device=enc_t.device)
-            parents = [current[g[1]] for g in grown]
-            state = tuple(torch.cat([p.state[k] for p in parents], dim=1) for k in range(2))
-            out, (h_new, c_new) = self.predictor.step(tokens, state)  # type: ignore[arg-type]
-            proj = self.joiner.pred_proj(out)  # (N', J)
-            current = [_Hyp(p.tokens + (tok,), p.frames + (t,), score, proj[j],
-                            (h_new[:, j : j + 1], c_new[:, j : j + 1]), fused, lm)
-                       for j, ((_, _, tok, score, fused, lm), p) in enumerate(zip(grown, parents, strict=True))]
-        self.beam = sorted(ended.values(), key=lambda h: h.score + h.lm, reverse=True)[: self.beam_size]
+    def joint(self, enc_t: torch.Tensor, current: list[Hyp]) -> torch.Tensor:
+        pred_j = torch.stack([h.pred for h in current])  # (N, J)
+        return torch.log_softmax(self.joiner(enc_t[None], pred_j).float(), dim=-1)
 
-    def paths(self, b: int = 0) -> list[Path]:
-        """The beam's hypotheses, best first; with an LM, scored and ranked with their words completed and </s>."""
-        if self.fusion is None:
-            return [Path(h.tokens, h.frames, h.score) for h in self.beam]
-        fusion = self.fusion
-        scored = [Path(h.tokens, h.frames, h.score + fusion.final(h.fused))  # type: ignore[arg-type]
-                  for h in self.beam]
-        return sorted(scored, key=lambda p: p.score, reverse=True)
+    def blank_and_top(self, logp: torch.Tensor, k: int) -> tuple[list[float], list[list[tuple[float, int]]]]:
+        if not k:
+            return logp[:, BLANK].tolist(), []
+        top_logp, top_tok = logp[:, 1:].topk(k, dim=-1)  # (N, k)
+        return logp[:, BLANK].tolist(), [list(zip(lps, [t + 1 for t in toks], strict=True))
+                                         for lps, toks in zip(top_logp.tolist(), top_tok.tolist(), strict=True)]
 
-    def stable(self, b: int = 0) -> tuple[int, ...]:
-        """The longest token prefix all hypotheses in the beam share: whatever wins extends it."""
-        first = self.beam[0].tokens
-        n = len(first)
-        for h in self.beam[1:]:
-            n = next((i for i, (a, c) in enumerate(zip(first[:n], h.tokens, strict=False)) if a != c),
-                     min(n, len(h.tokens)))
-        return first[:n]
-
-
-def to_hypothesis(path: Path, tokenizer: Tokenizer, frame_shift: float) -> Hypothesis:
-    """`frame_shift`: seconds per encoder frame."""
-    words = word_timings(path.tokens, path.frames, tokenizer.vocab, frame_shift)
-    return Hypothesis(tokenizer.decode(path.tokens), path.tokens, path.score, words)
+    def grow(self, tokens: list[int], parents: list[Hyp]) -> list[tuple[torch.Tensor, LSTMState]]:
+        state = tuple(torch.cat([p.state[k] for p in parents], dim=1) for k in range(2))
+        out, (h, c) = self.predictor.step(torch.tensor(tokens, device=parents[0].pred.device),
+                                          state)  # type: ignore[arg-type]
+        proj = self.joiner.pred_proj(out)  # (N', J)
+        return [(proj[j], (h[:, j : j + 1], c[:, j : j + 1])) for j in range(len(tokens))]
