@@ -23,7 +23,7 @@ from asrkit.data.loader import Item, collate
 from asrkit.decoding import DecoderPool
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.lm import load_fusion_lm
-from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, regroup, split_long
+from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, decode_long
 from asrkit.records import Batch, Failure, Hypothesis, Utterance
 from asrkit.request import DECODE_PARAMS_NAME, DecodeRequest, choose  # noqa: F401  (DECODE_PARAMS_NAME: tune.py)
 from asrkit.search import SearchOptions, ctc_beam
@@ -142,17 +142,9 @@ def decode_nbest(loaded: Loaded, utts: Sequence[Utterance], *, search: SearchOpt
     hypothesis (asrkit.longform; memory stays bounded); 0 decodes every input whole."""
     check_segment_seconds(segment_seconds)
     search, lm = prepare_search(loaded, search, lm)
-    rows = split_long(utts, segment_seconds, failures)
-    pieces = [u for _, u in rows]
-    results = _decode_pieces(loaded, pieces, batch_size, device, failures, search, lm, workers)
-    done = regroup(utts, rows, zip(pieces, results, strict=True))
-    ready = next(done, None)
-    for utt in utts:  # an unreadable long file has no rows: it gets an empty hypothesis in its place
-        if ready is not None and ready[0] is utt:
-            yield ready
-            ready = next(done, None)
-        else:
-            yield utt, [Hypothesis("")]
+    yield from decode_long(utts, segment_seconds, failures,
+                           lambda pieces: _decode_pieces(loaded, pieces, batch_size, device, failures, search, lm,
+                                                         workers))
 
 
 def decode_utterances(loaded: Loaded, utts: Sequence[Utterance], *, search: SearchOptions | None = None,

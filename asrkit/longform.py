@@ -21,7 +21,7 @@ a long recording gets its single best transcript.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,3 +167,22 @@ def regroup(utts: Sequence[Utterance], rows: Sequence[tuple[int, Utterance]],
             yield utts[i], [stitch(pending, utts[i])]
             pending = []
 
+
+def decode_long(utts: Sequence[Utterance], segment_seconds: float, failures: list[Failure] | None,
+                decode: Callable[[list[Utterance]], Iterable[list[Hypothesis]]]
+                ) -> Iterator[tuple[Utterance, list[Hypothesis]]]:
+    """(utterance, n-best) for every input in order, with `decode` (one n-best list per utterance given, in order)
+    run on the pieces of the inputs longer than `segment_seconds` cut at pauses (0: every input whole), the
+    pieces stitched back into one hypothesis; an unreadable long file (recorded in `failures`) gets an empty
+    hypothesis in its place."""
+    check_segment_seconds(segment_seconds)
+    rows = split_long(utts, segment_seconds, failures)
+    pieces = [u for _, u in rows]
+    done = regroup(utts, rows, zip(pieces, decode(pieces), strict=True))
+    ready = next(done, None)
+    for utt in utts:
+        if ready is not None and ready[0] is utt:
+            yield ready
+            ready = next(done, None)
+        else:
+            yield utt, [Hypothesis("")]

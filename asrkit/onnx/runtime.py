@@ -22,7 +22,7 @@ from asrkit.data.manifest import read_manifest
 from asrkit.decoding import DecoderPool, word_timings
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.lm import load_fusion_lm
-from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, regroup, split_long
+from asrkit.longform import DEFAULT_SEGMENT_SECONDS, SEGMENT_OF, check_segment_seconds, decode_long
 from asrkit.onnx.bundle import GRAPHS, MANIFEST, Bundle, read_bundle, require
 from asrkit.onnx.frontend import FrontEnd, load_wave
 from asrkit.onnx.rnnt import transducer_decode
@@ -170,17 +170,8 @@ def decode_nbest(model: OnnxModel, utts: Sequence[Utterance], *, search: SearchO
     search = model.resolve_search(search if search is not None else search_of(model, None))
     if lm is None:
         lm = load_fusion_lm(search.lm, model.fusion_units(search), model.tokenizer.vocab)
-    rows = split_long(utts, segment_seconds, failures)
-    pieces = [u for _, u in rows]
-    results = _decode_pieces(model, pieces, batch_size, failures, search, lm, workers)
-    done = regroup(utts, rows, zip(pieces, results, strict=True))
-    ready = next(done, None)
-    for utt in utts:  # an unreadable long file has no rows: it gets an empty hypothesis in its place
-        if ready is not None and ready[0] is utt:
-            yield ready
-            ready = next(done, None)
-        else:
-            yield utt, [Hypothesis("")]
+    yield from decode_long(utts, segment_seconds, failures,
+                           lambda pieces: _decode_pieces(model, pieces, batch_size, failures, search, lm, workers))
 
 
 def _features(model: OnnxModel, utts: Sequence[Utterance], batch_size: int,
