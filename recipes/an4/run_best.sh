@@ -17,7 +17,7 @@
 set -euo pipefail
 self=$(realpath "${BASH_SOURCE[0]}")
 
-ls_dir= an4=() workers=1 stage=1 stop_stage=3 data= ls_data= exp_dir=
+ls_dir='' an4=() workers=1 stage=1 stop_stage=3 data='' ls_data='' exp_dir=''
 usage() { sed -n '4,5p' "$self" | sed 's/^# \{0,2\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
