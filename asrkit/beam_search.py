@@ -35,7 +35,8 @@ NEG_INF = float("-inf")
 LOG10 = math.log(10.0)  # KenLM scores are log10
 
 
-def _logaddexp(a: float, b: float) -> float:
+def logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) without overflow; -inf + -inf is -inf."""
     if a < b:
         a, b = b, a
     if b == NEG_INF:
@@ -130,14 +131,14 @@ class PrefixBeamSearch:
                 p = logps[pos]
                 pos += 1
                 for b in beams.values():
-                    b[0] = _logaddexp(b[0], b[1]) + p
+                    b[0] = logaddexp(b[0], b[1]) + p
                     b[1] = NEG_INF
                     b[6] = b[0]
                 continue
             cands = sorted(zip(logps[pos : pos + n], toks[pos : pos + n], strict=True), reverse=True)
             pos += n
             new: dict[Key, Beam] = {}
-            totals = [(b[0] if b[1] == NEG_INF else _logaddexp(b[0], b[1])) for b in beams.values()]
+            totals = [(b[0] if b[1] == NEG_INF else logaddexp(b[0], b[1])) for b in beams.values()]
             floor = self._floor(totals, [b[2] for b in beams.values()], cands, prune_below, margin)
             for (key, b), total in zip(beams.items(), totals, strict=True):
                 pb, pnb = b[0], b[1]
@@ -152,7 +153,7 @@ class PrefixBeamSearch:
                         if e is None:
                             new[key] = [v, NEG_INF, b[2], b[3], b[4], b[5], v]
                         else:
-                            e[0] = _logaddexp(e[0], v)
+                            e[0] = logaddexp(e[0], v)
                             if v > e[6]:
                                 e[3], e[4], e[5], e[6] = b[3], b[4], b[5], v
                         continue
@@ -164,7 +165,7 @@ class PrefixBeamSearch:
                             if e is None:
                                 new[key] = [NEG_INF, v, b[2], b[3], b[4], pe, v]
                             else:
-                                e[1] = _logaddexp(e[1], v)
+                                e[1] = logaddexp(e[1], v)
                                 if v > e[6]:
                                     e[3], e[4], e[5], e[6] = b[3], b[4], pe, v
                         if pb == NEG_INF:
@@ -189,7 +190,7 @@ class PrefixBeamSearch:
                     key2 = (text2, wp2, tok)
                     e = new.get(key2)
                     if e is not None:
-                        e[1] = _logaddexp(e[1], v)
+                        e[1] = logaddexp(e[1], v)
                         if v > e[6]:
                             e[3], e[4], e[5], e[6] = words, ps, pe, v
                         continue
@@ -220,7 +221,7 @@ class PrefixBeamSearch:
         return floor
 
     def _prune(self, new: dict[Key, Beam]) -> dict[Key, Beam]:
-        scored = [(_logaddexp(e[0], e[1]) + e[2], key) for key, e in new.items()]
+        scored = [(logaddexp(e[0], e[1]) + e[2], key) for key, e in new.items()]
         cutoff = max(scored)[0] + self.options.beam_prune_logp
         kept = [sk for sk in scored if sk[0] >= cutoff]
         if len(kept) > self.options.beam_size:
@@ -278,12 +279,12 @@ class PrefixBeamSearch:
             score, state = texts.get(text) or self._score_text(text, texts)
             if self.lm is not None:
                 score += self.options.alpha * LOG10 * self.lm.end(state)
-            path = _logaddexp(b[0], b[1])
+            path = logaddexp(b[0], b[1])
             old = finals.get(text)
             if old is None:
                 finals[text] = (path + score, path, words)
             else:
-                finals[text] = (_logaddexp(old[0], path + score), max(old[1], path),
+                finals[text] = (logaddexp(old[0], path + score), max(old[1], path),
                                 words if path > old[1] else old[2])
         ranked = sorted(finals.items(), key=lambda kv: -kv[1][0])
         return [(text, s, words) for text, (s, _, words) in ranked]

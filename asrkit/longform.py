@@ -174,8 +174,7 @@ def decode_long(utts: Sequence[Utterance], segment_seconds: float, failures: lis
     """(utterance, n-best) for every input in order, with `decode` (one n-best list per utterance given, in order)
     run on the pieces of the inputs longer than `segment_seconds` cut at pauses (0: every input whole), the
     pieces stitched back into one hypothesis; an unreadable long file (recorded in `failures`) gets an empty
-    hypothesis in its place."""
-    check_segment_seconds(segment_seconds)
+    hypothesis in its place. The caller checks segment_seconds (check_segment_seconds) before its own set-up."""
     rows = split_long(utts, segment_seconds, failures)
     pieces = [u for _, u in rows]
     done = regroup(utts, rows, zip(pieces, decode(pieces), strict=True))

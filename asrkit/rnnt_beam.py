@@ -8,10 +8,10 @@ Shapes: N hypotheses in the beam, V vocabulary (blank = 0).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from asrkit.beam_search import logaddexp
 from asrkit.data.tokenizer import Tokenizer
 from asrkit.decoding import word_timings
 from asrkit.records import Hypothesis
@@ -35,12 +35,6 @@ def to_hypothesis(path: Path, tokenizer: Tokenizer, frame_shift: float) -> Hypot
     """`frame_shift`: seconds per encoder frame."""
     words = word_timings(path.tokens, path.frames, tokenizer.vocab, frame_shift)
     return Hypothesis(tokenizer.decode(path.tokens), path.tokens, path.score, words)
-
-
-def logaddexp(a: float, b: float) -> float:
-    """log(exp(a) + exp(b)) without overflow; -inf + -inf is -inf."""
-    hi, lo = max(a, b), min(a, b)
-    return hi + math.log1p(math.exp(lo - hi)) if lo > -math.inf else hi
 
 
 @dataclass

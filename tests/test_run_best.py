@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_recipes import RECIPES, STUB_ASRKIT, _env, run_recipe, stub_calls
+from test_recipes import RECIPES, STUB_ASRKIT, _env, run_recipe, stub_calls, stub_recipe_dirs
 
 SCRIPT = RECIPES / "an4" / "run_best.sh"
 # the stub's `train` leaves what a training leaves (best.pt, last.pt), its `average --out` the averaged file
@@ -22,25 +22,17 @@ case "$1 $2" in""", 1)
 
 @pytest.fixture
 def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """A stub asrkit, prepared AN4 and Mini LibriSpeech manifests (their prepare stages skip), an empty corpus
-    folder and the experiment folder."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "asrkit").write_text(STUB)
-    (bin_dir / "asrkit").chmod(0o755)
-    line = json.dumps({"id": "a", "audio": "a.wav", "duration": 1.0, "text": "yes"}) + "\n"
-    an4, ls = tmp_path / "an4data", tmp_path / "lsdata"
-    for folder, names, marker in ((an4, ("train", "dev"), ".done"),
-                                  (ls, ("train-clean-5", "dev-heldout"), ".train-clean-5.done")):
-        folder.mkdir()
-        (folder / marker).touch()
-        for name in names:
-            (folder / f"{name}.jsonl").write_text(line)
+    """The stub asrkit and AN4 manifests of test_recipes (marked prepared), Mini LibriSpeech manifests (their
+    prepare stage skips too), an empty corpus folder and the experiment folder."""
+    bin_dir, an4, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "yes", stub=STUB)
+    (an4 / ".done").touch()
+    ls = tmp_path / "lsdata"
+    ls.mkdir()
+    (ls / ".train-clean-5.done").touch()
+    for name in ("train-clean-5", "dev-heldout"):
+        (ls / f"{name}.jsonl").write_text(json.dumps({"id": "a", "text": "yes"}) + "\n")
     (tmp_path / "corpus").mkdir()
-    monkeypatch.setenv("ASRKIT_STUB_LOG", str(tmp_path / "calls.log"))
-    monkeypatch.setenv("ASRKIT_STUB_PYTHON", __import__("sys").executable)
-    return {"bin": bin_dir, "an4": an4, "ls": ls, "corpus": tmp_path / "corpus", "exp": tmp_path / "exp",
-            "log": tmp_path / "calls.log"}
+    return {"bin": bin_dir, "an4": an4, "ls": ls, "corpus": tmp_path / "corpus", "exp": exp, "log": log}
 
 
 def args(d: dict[str, Path]) -> list[str]:
@@ -78,7 +70,7 @@ def test_relative_paths_are_the_callers(dirs: dict[str, Path], monkeypatch: pyte
     """Options name folders relative to where run_best.sh is called from, not to recipes/an4."""
     d = dirs
     monkeypatch.chdir(d["exp"].parent)
-    run_recipe(SCRIPT, "--librispeech-dir", "corpus", "--data", "an4data", "--ls-data", "lsdata", "--exp-dir", "exp",
+    run_recipe(SCRIPT, "--librispeech-dir", "corpus", "--data", "data", "--ls-data", "lsdata", "--exp-dir", "exp",
                "--stop-stage", "1", bin_dir=d["bin"])
     (train,) = [c for c in stub_calls(d["log"]) if c.startswith("train ")]
     assert f"--data {d['an4']} --exp {d['exp']}/conformer_ctc_cpu " in train

@@ -89,9 +89,11 @@ class BeamSearch(FrameBeam):
         return self.net.joint(np.ascontiguousarray(np.broadcast_to(enc_t, pred.shape)), pred)
 
     def blank_and_top(self, logp: np.ndarray, k: int) -> tuple[list[float], list[list[tuple[float, int]]]]:
+        if not k:
+            return logp[:, BLANK].tolist(), []
         top = np.argsort(-logp[:, 1:], axis=1, kind="stable")[:, :k]  # (N, k), best first
         return logp[:, BLANK].tolist(), [[(float(logp[n, tok + 1]), tok + 1) for tok in row]
-                                         for n, row in enumerate(top.tolist())] if k else []
+                                         for n, row in enumerate(top.tolist())]
 
     def grow(self, tokens: list[int], parents: list[Hyp]) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
         h_in = np.concatenate([p.state[0] for p in parents], axis=1)
