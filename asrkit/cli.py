@@ -87,6 +87,8 @@ def train(
 
     cfg = load_config(config, set_ or [])
     result = fit(cfg, data or [Path("data")], exp, resume=resume, progress=progress, init=init)
+    if result.stopped_by:  # SIGTERM or Ctrl-C: the step finished, last.pt written (the loop said so)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not result.main:  # another DDP rank: rank 0 reports
         raise typer.Exit(EXIT_PARTIAL if result.skipped else EXIT_OK)
     best = f", best dev WER {result.best_wer:.2%}" if result.best_wer != float("inf") else ""
@@ -107,8 +109,9 @@ def average(
                                              "dev WER (recorded when training with a dev.jsonl).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the averaged checkpoint "
                                              "(default: EXP/averaged-last<N>.pt or EXP/averaged-best<N>.pt).")] = None,
-    by: Annotated[str | None, typer.Option(help="--best ranks by: wer (greedy dev WER) or loss (dev loss); default: "
-                                           "the run's train.select.")] = None,
+    by: Annotated[str | None, typer.Option(help="--best ranks by: wer (dev WER, decoded as the conf's [decode] "
+                                           "says: greedy unless it sets a beam) or loss (dev loss); default: the "
+                                           "run's train.select.")] = None,
 ) -> None:
     """Average the last N epoch checkpoints (--last N), or the N with the lowest dev WER (--best N), into one model
     for transcribe / evaluate."""

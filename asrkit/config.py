@@ -157,9 +157,10 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches (per rank) per optimiser step: global batch = ranks x accum_steps batches
     patience: int = 0  # stop after this many epochs without a new best dev WER (0 = never stop early)
     keep_epochs: int = 0  # keep EXP/epoch-<k>.pt of the last this-many epochs, for `asrkit average` (0 = none)
-    select: str = "wer"  # what best.pt, patience and `average --best` rank epochs by: wer (greedy dev WER) | loss
-    #                      (the dev loss per utterance, teacher-forced: steadier on a small dev set, and blind to a
-    #                      greedy attention decoder that runs on)
+    select: str = "wer"  # what best.pt, patience and `average --best` rank epochs by: wer | loss
+    #                      (wer: dev decoded as [decode] says, greedy unless it sets a beam as the LAS confs do;
+    #                      loss: the dev loss per utterance, teacher-forced: steadier on a small dev set, and blind to
+    #                      a greedy attention decoder that runs on)
 
 
 @dataclass(frozen=True)

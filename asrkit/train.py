@@ -49,6 +49,7 @@ from asrkit.progress import Progress, say
 from asrkit.records import Batch, Utterance, WaveBatch
 from asrkit.schedule import learning_rate
 from asrkit.scoring import score
+from asrkit.stop import StopSignals
 from asrkit.validation import dev_loss
 
 
@@ -63,6 +64,7 @@ class FitResult:
     audio_seconds: float = 0.0  # audio trained on in this call (all ranks), without padding
     train_seconds: float = 0.0  # wall time of this call's training epochs (no set-up, dev decoding)
     main: bool = True  # False on DDP ranks other than 0: they print nothing
+    stopped_by: str | None = None  # a stop signal ("SIGTERM") ended the run after a step; last.pt is saved
 
 
 def fit(cfg: Config, data_dir: str | Path | Sequence[str | Path], exp_dir: str | Path, *, resume: bool = False,
@@ -140,7 +142,7 @@ class _Loop:
         self.init = state.get("init")  # the checkpoint --init started the run from, if any (provenance)
         self.tokenizer, self.featurizer = tokenizer, featurizer
         self.dev_utts, self.exp_dir, self.group, self.device = dev_utts, exp_dir, group, group.device
-        self.say = say if group.main else _quiet
+        self.say = say if group.main else (lambda message: None)  # ranks other than 0 print nothing
         t = cfg.train
         cuda = self.device.type == "cuda"
         # Features on the device: the workers only decode audio; log-mel and SpecAugment run batched in _step.
@@ -174,6 +176,7 @@ class _Loop:
             self._write_skipped()
         self.nonfinite = int(state.get("nonfinite", 0))  # steps skipped for a non-finite loss, in all
         self.bad_steps = 0
+        self.stop, self.stop_agreed = StopSignals(), False  # by every rank, at the same step
         self.stopped_early = self._out_of_patience()
         self.audio_seconds = self.train_seconds = 0.0
         if t.patience and not dev_utts:
@@ -204,10 +207,11 @@ class _Loop:
     def run(self, progress: bool) -> FitResult:
         t = self.cfg.train
         try:
-            while self.epoch < t.epochs and not self._done() and not self.stopped_early:
-                self._train_epoch(progress)
-                if self.batch_in_epoch == 0:  # the epoch finished (not stopped by max_steps)
-                    self._end_epoch()
+            with self.stop:
+                while self.epoch < t.epochs and not (self._done() or self.stopped_early or self.stop_agreed):
+                    self._train_epoch(progress)
+                    if self.batch_in_epoch == 0:  # the epoch finished (not stopped by max_steps or a signal)
+                        self._end_epoch()
         except KeyboardInterrupt:
             self._save("last.pt", collective=False)
             self.say(f"interrupted at step {self.step}; `last.pt` saved. Continue with --resume.")
@@ -217,6 +221,9 @@ class _Loop:
                 self.writer.close()
         if self.batch_in_epoch:
             self._save("last.pt")
+        stopped_by = (self.stop.requested or "a signal to another rank") if self.stop_agreed else None
+        if stopped_by:
+            self.say(f"stopped by {stopped_by} at step {self.step}; `last.pt` saved. Continue with --resume.")
         self.group.barrier()  # the other ranks return once rank 0 has written everything
         if self.nonfinite:
             self.say(f"{self.nonfinite} step(s) skipped for a non-finite loss (never applied to the weights)")
@@ -224,7 +231,7 @@ class _Loop:
             self.say(f"{len(self.skipped)} training utterance(s) skipped (unreadable audio, or longer than "
                      f"train.max_duration); listed with the reason in {self.exp_dir / 'skipped.tsv'}")
         return FitResult(self.step, self.epoch, self.best_wer, self.history, self.skipped, self.stopped_early,
-                         self.audio_seconds, self.train_seconds, self.group.main)
+                         self.audio_seconds, self.train_seconds, self.group.main, stopped_by)
 
     def _done(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
@@ -253,7 +260,7 @@ class _Loop:
                     bar.advance(len(batches), loss=loss_avg, rate=utts / max(time.monotonic() - started, 1e-6))
                     if t.save_every_steps and self.step % t.save_every_steps == 0:
                         self._save("last.pt")
-                    if self._done():
+                    if self._done() or self.stop_agreed:
                         return
             self.batch_in_epoch = 0
         finally:
@@ -270,7 +277,8 @@ class _Loop:
         frames = sum(int(b.feat_lens.sum()) for b in loaded)
         batches = [self._on_device(b) for b in loaded if b.ids]
         local = sum(len(b.ids) for b in batches)
-        total, empty_ranks, n_failed = self.group.sum(local, local == 0, len(failed))
+        total, empty_ranks, n_failed, stop = self.group.sum(local, local == 0, len(failed), bool(self.stop.requested))
+        self.stop_agreed = stop > 0  # this step is finished, then the run stops (_train_epoch)
         if n_failed:
             self._note_failed(self.group.gather(failed))
         if total == 0 or empty_ranks:  # nothing readable here: a rank without a batch cannot join the exchange
@@ -438,7 +446,3 @@ class _Loop:
         }
         save_checkpoint(self.exp_dir / name, config=self.cfg, tokenizer=self.tokenizer,
                         featurizer=self.featurizer, model=self.model, train_state=state)
-
-
-def _quiet(message: str) -> None:
-    """say() on ranks other than 0: nothing."""

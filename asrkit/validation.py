@@ -1,4 +1,4 @@
-"""The dev loss the trainer records after every epoch (beside the greedy dev WER): the training loss on dev.jsonl
+"""The dev loss the trainer records after every epoch (beside the dev WER): the training loss on dev.jsonl
 with no augmentation and no dropout, teacher-forced, per utterance. `train.select = "loss"` ranks epochs by it."""
 
 from __future__ import annotations

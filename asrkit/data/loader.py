@@ -18,6 +18,7 @@ from asrkit.data.features import Featurizer, NoiseSource, draw_masks, spec_augme
 from asrkit.data.tokenizer import Tokenizer, describe_unencodable, find_unencodable
 from asrkit.errors import AsrkitError, AudioError
 from asrkit.records import Batch, Utterance, WaveBatch
+from asrkit.stop import quiet_worker
 
 
 @dataclass
@@ -251,6 +252,6 @@ def make_loader(dataset: SpeechDataset, sampler: DurationBatchSampler, num_worke
     return DataLoader(dataset, batch_sampler=_EpochKeys(sampler),  # type: ignore[arg-type]
                       generator=torch.Generator().manual_seed(dataset.seed),
                       collate_fn=collate_waves if dataset.waveforms else collate,  # type: ignore[arg-type]
-                      num_workers=num_workers, pin_memory=pin_memory,
+                      num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=quiet_worker,
                       persistent_workers=persistent_workers and num_workers > 0,
                       prefetch_factor=2 if num_workers > 0 else None)
