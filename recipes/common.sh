@@ -83,11 +83,14 @@ ok_or_skipped() {
   if [ "$1" -eq 3 ] && [ -s "$2" ]; then echo "run.sh: warning: some inputs were left out, see $2" >&2; return 0; fi
   exit "$1"
 }
-# is_ctc: the model family of $conf (after the --set overrides, as `asrkit config show` resolves it) decodes
-# CTC emissions (DeepSpeech2); exit 2 when asrkit cannot read $conf (its message says why).
+# model_family: model.family of $conf (after the --set overrides, as `asrkit config show` resolves it); exit 2
+# when asrkit cannot read $conf (its message says why). is_ctc: it decodes CTC emissions (DeepSpeech2).
+model_family() {
+  asrkit config show "$conf" "${sets[@]}" --key model.family || die "cannot read model.family of $conf"
+}
 is_ctc() {
   local family
-  family=$(asrkit config show "$conf" "${sets[@]}" --key model.family) || die "cannot read model.family of $conf"
+  family=$(model_family) || exit 2
   [ "$family" = deepspeech2 ]
 }
 # need_checkpoint N: exit 2 unless $exp holds a checkpoint (best.pt or last.pt) of training stage N.
@@ -161,17 +164,28 @@ stage_lm() {
   if [ "$rc" -ne 0 ]; then exit "$rc"; fi
 }
 
-# lm_decoding N [OPTION...]: how asrkit evaluate decodes with the LM -> lm_opts: --lm $lm.bin, or the alpha /
-# beta tuned on $data/dev.jsonl (asrkit tune of $decode_model, default $exp, with OPTIONs -> $exp/decode/
-# lm_tune.json, kept once written) when this asrkit can tune. lm_opts stays empty without --lm decoding: --no-lm,
-# no $lm.bin, a model that is not CTC or an `asrkit evaluate` without --lm (a message for the last two). Call it
-# as a command, not in a test.
+# lm_decoding N [OPTION...]: how asrkit evaluate decodes with the LM -> lm_opts. CTC (DeepSpeech2): --lm $lm.bin,
+# or the alpha / beta tuned on $data/dev.jsonl (asrkit tune of $decode_model, default $exp, with OPTIONs); a
+# transducer: the LM fused into its beam search (8 beams) with lm_weight / lm_bonus tuned on dev (tune's default
+# grid; the OPTIONs are CTC's). Tuned settings go to $exp/decode/lm_tune.json, kept once written. lm_opts stays
+# empty without --lm decoding: --no-lm, no $lm.bin, an attention decoder (LAS: tune would also search its CTC
+# weight, 4x4x4 decodes of dev; run `asrkit tune` by hand), a transducer without a dev set, or an asrkit that
+# cannot (a message for the last three). Call it as a command, not in a test.
 lm_decoding() {
-  local n=$1 tuned=$exp/decode/lm_tune.json; shift
+  local n=$1 tuned=$exp/decode/lm_tune.json family; shift
   lm_opts=()
   if [ "$use_lm" != true ] || [ ! -f "$lm.bin" ]; then return 0; fi
-  if ! is_ctc || ! has_option evaluate --lm; then
-    log "$n" "not using $lm.bin: the model is not CTC or \`asrkit evaluate\` has no --lm"
+  family=$(model_family) || exit 2
+  if [ "$family" = transducer ]; then
+    set --  # alpha / beta ranges are CTC's
+    if [ ! -s "$data/dev.jsonl" ] || ! has_option tune --weight-range || ! has_option evaluate --decode-params; then
+      log "$n" "not using $lm.bin: fusing it into a transducer's beam needs a dev set to tune its weight on" \
+        "(and an asrkit whose tune has --weight-range)"
+      return 0
+    fi
+  elif [ "$family" != deepspeech2 ] || ! has_option evaluate --lm; then
+    log "$n" "not using $lm.bin: the recipe decodes CTC and transducer models with the LM (this is $family; tune" \
+      "an attention decoder's fusion with \`asrkit tune --lm\`) and needs an \`asrkit evaluate\` with --lm"
     return 0
   fi
   lm_opts=(--lm "$lm.bin")
@@ -235,7 +249,7 @@ decode_checkpoint() {
 }
 
 # stage_decode N SPLIT...: evaluate every SPLIT without an LM (decoder nolm: CTC greedy, ignoring a tune.json
-# beside the model; LAS / RNN-T: the model's own search), then with the LM where lm_decoding allows (lm); the
+# beside the model; LAS / transducers: the model's own search), then with the LM where lm_decoding allows (lm); the
 # model is decode_checkpoint's (the averaged checkpoint when the conf keeps epoch checkpoints).
 stage_decode() {
   local n=$1 dec s nolm_opts=(); shift

@@ -226,7 +226,7 @@ def test_librispeech_recipe_on_mini_librispeech_holds_out_dev_speakers(tmp_path:
 # real command's answer.
 STUB_ASRKIT = r"""#!/usr/bin/env bash
 echo "$*" >> "$ASRKIT_STUB_LOG"
-if [ "${*: -1}" = --help ]; then echo "  --lm  --decode-params  --greedy  --device"; exit 0; fi
+if [ "${*: -1}" = --help ]; then echo "  --lm  --decode-params  --greedy  --device  --weight-range"; exit 0; fi
 if [ "$1 $2" = "config show" ]; then exec "$ASRKIT_STUB_PYTHON" -m asrkit "$@"; fi
 out=; prev=
 for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
@@ -270,11 +270,12 @@ def stub_calls(log: Path) -> list[str]:
 def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, sets: list[str], ctc: bool,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Stages 3-5 against a stub asrkit whose CLI has `lm build`, `tune` and `evaluate --lm`: the word LM is
-    built from train.jsonl, tuned on dev and used by CTC models only (the model family of the conf and the --set
-    overrides, as `asrkit config show` resolves it)."""
+    built from train.jsonl, tuned on dev and used by CTC models (alpha / beta) and transducers (fused into the
+    beam, tune's own grid), not by LAS (the model family of the conf and the --set overrides, as `asrkit config
+    show` resolves it)."""
     bin_dir, data, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "yes")
-    run_recipe(RECIPES / "an4" / "run.sh", "--stage", "3", "--model", model, "--data", str(data), "--exp",
-               str(exp), "--device", "cpu", *sets, bin_dir=bin_dir)
+    out = run_recipe(RECIPES / "an4" / "run.sh", "--stage", "3", "--model", model, "--data", str(data), "--exp",
+                     str(exp), "--device", "cpu", *sets, bin_dir=bin_dir).stdout
     calls = stub_calls(log)
     asked = " ".join(["config show", f"conf/{model}.toml", *sets, "--key model.family"])
     assert asked in log.read_text().splitlines()
@@ -282,15 +283,16 @@ def test_an4_lm_and_decode_stages_call_the_cli(tmp_path: Path, model: str, sets:
     assert calls[0] == f"lm build {data}/train.jsonl --out {lm} --order 3"
     evaluations = [c for c in calls if c.startswith("evaluate ")]
     scores = (exp / "scores.txt").read_text().splitlines()
-    if ctc:
+    if model != "las":
         tuned = exp / "decode" / "lm_tune.json"
         assert calls[1] == f"tune {exp} {data}/dev.jsonl --lm {lm}.bin --out {tuned} --device cpu --no-progress"
         assert len(evaluations) == 4 and evaluations[-1].endswith(f"--decode-params {tuned}")
         assert [line.split(":")[0] for line in scores] == ["dev nolm", "test nolm", "dev lm", "test lm"]
-        assert evaluations[0].endswith("--greedy")
-    else:  # LAS / transducer: no CTC beam search; the model decodes as its conf says
+        assert evaluations[0].endswith("--greedy") == ctc  # a transducer's nolm row: its conf's own search
+    else:  # LAS: no LM in the recipe (tuning would also search its CTC weight); it decodes as its conf says
         assert len(evaluations) == 2 and not any("--greedy" in c or "--lm" in c for c in evaluations)
         assert [line.split(":")[0] for line in scores] == ["dev nolm", "test nolm"]
+        assert f"not using {lm}.bin: the recipe decodes CTC and transducer models with the LM (this is las" in out
     assert all(line.endswith("WER 12.50%  CER 5.00%  (2 utterances; report r.json)") for line in scores)
 
 
