@@ -1,6 +1,7 @@
-"""recipes/an4/run_best.sh, the best AN4 model in one command, against a stub asrkit: the three trainings chain
-(each --init from the one before: AN4 CTC best.pt -> Mini LibriSpeech + AN4 CTC, averaged -> AN4 transducer),
-a rerun trains nothing again, and a missing LibriSpeech folder or checkpoint stops with a message."""
+"""recipes/an4/run_best.sh, the best AN4 models in one command, against a stub asrkit: the trainings chain (each
+--init from the one before: AN4 CTC best.pt -> Mini LibriSpeech + AN4 CTC, averaged -> AN4 transducer; and from
+that average -> Mini LibriSpeech + AN4 transducer, averaged -> its AN4 fine-tuning), a rerun trains nothing
+again, and a missing LibriSpeech folder or checkpoint stops with a message."""
 
 from __future__ import annotations
 
@@ -40,14 +41,15 @@ def args(d: dict[str, Path]) -> list[str]:
             "--exp-dir", str(d["exp"])]
 
 
-def test_three_trainings_each_from_the_last(dirs: dict[str, Path]) -> None:
+def test_trainings_each_from_the_last(dirs: dict[str, Path]) -> None:
     d = dirs
     run_recipe(SCRIPT, *args(d), bin_dir=d["bin"])
     calls = stub_calls(d["log"])
     trains = [c for c in calls if c.startswith("train ")]
-    ctc, joint, ct = (d["exp"] / n for n in ("conformer_ctc_cpu", "conformer_ctc_char_init_an4_ls",
-                                            "conformer_transducer_init_ls"))
-    assert len(trains) == 3, calls
+    ctc, joint, ct, lst, ft = (d["exp"] / n for n in (
+        "conformer_ctc_cpu", "conformer_ctc_char_init_an4_ls", "conformer_transducer_init_ls",
+        "conformer_transducer_init_an4_ls", "conformer_transducer_ft_ls"))
+    assert len(trains) == 5, calls
     assert trains[0].startswith(f"train conf/conformer_ctc_cpu.toml --data {d['an4']} --exp {ctc} ")
     assert "--init" not in trains[0]
     assert trains[1].startswith(f"train conf/conformer_ctc_char_init_cpu.toml --data {d['ls']} --data {d['an4']} "
@@ -57,8 +59,21 @@ def test_three_trainings_each_from_the_last(dirs: dict[str, Path]) -> None:
     assert calls.index(f"average {joint} --last 5 --out {joint}/averaged-last5.pt") < calls.index(trains[2])
     assert trains[2].startswith(f"train conf/conformer_transducer_init_cpu.toml --data {d['an4']} --exp {ct} ")
     assert trains[2].endswith(f"--init {joint}/averaged-last5.pt")
-    assert calls[-1].startswith(f"evaluate {ct}/best.pt {d['an4']}/dev.jsonl --greedy")
+    assert f"evaluate {ct}/best.pt {d['an4']}/dev.jsonl --greedy --report {ct}/decode/best_greedy_dev.json " \
+           "--workers 1" in calls
     assert (ct / "scores.txt").is_file()  # AN4's decode and score stages ran on the transducer
+    assert trains[3].startswith(f"train conf/conformer_transducer_init_cpu.toml --data {d['ls']} --data {d['an4']} "
+                                f"--exp {lst} "), trains[3]
+    assert "--set train.epochs=7" in trains[3] and trains[3].endswith(f"--init {joint}/averaged-last5.pt")
+    assert calls.index(f"average {lst} --last 5 --out {lst}/averaged-last5.pt") < calls.index(trains[4])
+    assert trains[4].startswith(f"train conf/conformer_transducer_ft_ls_cpu.toml --data {d['an4']} --exp {ft} ")
+    assert trains[4].endswith(f"--init {lst}/averaged-last5.pt")
+    tuned = ft / "decode" / "lm_tune.json"  # the 3-gram fused into the fine-tuned transducer's beam
+    assert f"tune {ft} {d['an4']}/dev.jsonl --lm {d['an4']}/lm/train_3gram.bin --out {tuned} --device auto " \
+           "--no-progress" in calls, [c for c in calls if c.startswith("tune ")]
+    assert calls[-1].startswith(f"evaluate {ft}/best.pt {d['an4']}/dev.jsonl --greedy")
+    assert [line.split(":")[0] for line in (ft / "scores.txt").read_text().splitlines()] == [
+        "dev nolm", "test nolm", "dev lm", "test lm"]
 
     d["log"].unlink()
     run_recipe(SCRIPT, *args(d), bin_dir=d["bin"])  # a rerun: every training and the average are done
@@ -88,4 +103,8 @@ def test_missing_inputs_stop_with_a_message(dirs: dict[str, Path]) -> None:
     out = subprocess.run(["bash", str(SCRIPT), *args(d), "--stage", "3"], capture_output=True, text=True,
                          env=_env(d["bin"]))
     assert out.returncode == 2 and "averaged-last5.pt missing: run step 2 first" in out.stderr
+    out = subprocess.run(["bash", str(SCRIPT), *args(d), "--stage", "5"], capture_output=True, text=True,
+                         env=_env(d["bin"]))
+    assert out.returncode == 2 and "conformer_transducer_init_an4_ls/averaged-last5.pt missing: run step 4 first" \
+        in out.stderr
     assert not d["log"].exists() or not [c for c in stub_calls(d["log"]) if c.startswith("train ")]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The best AN4 model so far (dev 6.07% WER greedy, recipes/an4/RESULTS.md) in one command: three trainings,
-# each started (--init) from the encoder of the one before, then AN4's decode and score stages:
+# The best AN4 models so far (recipes/an4/RESULTS.md) in one command: trainings each started (--init) from the one
+# before, then AN4's decode and score stages. Steps 1-3 give dev 6.07% WER (greedy), steps 1, 2, 4, 5 5.20% (beam 8
+# + the fused 3-gram):
 #   ./run_best.sh --librispeech-dir DIR [--an4-dir DIR] [--data DIR] [--ls-data DIR] [--exp-dir DIR]
 #                 [--workers N] [--stage N] [--stop-stage N]
 #   1 ctc        ./run.sh: AN4 Conformer-CTC (conf/conformer_ctc_cpu.toml, 40 epochs) -> EXP/conformer_ctc_cpu
@@ -10,15 +11,22 @@
 #   3 transducer ./run.sh: AN4 Conformer-Transducer from 2's averaged encoder (conf/conformer_transducer_init_cpu.toml,
 #                20 epochs) -> EXP/conformer_transducer_init_ls, then its LM, decode and score stages
 #                (EXP/conformer_transducer_init_ls/scores.txt) and a greedy decode of best.pt
+#   4 ls-transducer ../librispeech/run.sh: Mini LibriSpeech + AN4 Conformer-Transducer from 2's averaged encoder
+#                (../librispeech/conf/conformer_transducer_init_cpu.toml, 7 epochs) -> EXP/conformer_transducer_init_an4_ls,
+#                then the mean of its last 5 epochs
+#   5 finetune   ./run.sh: the whole of 4's averaged model fine-tuned on AN4 (conf/conformer_transducer_ft_ls_cpu.toml,
+#                10 epochs) -> EXP/conformer_transducer_ft_ls, then its LM, decode (the 3-gram fused into 8 beams,
+#                weights tuned on dev) and score stages, and a greedy decode
 # Defaults: --data data (AN4's manifests), --ls-data ../librispeech/data, --exp-dir exp (EXP), --workers 1.
-# On one CPU core: about 45 + 89 + 23 minutes. Every step resumes where it stopped when run again (each run.sh
+# On one CPU core: about 45 + 89 + 23 + 155 + 12 minutes (steps 4-5 need only step 2's output: --stop-stage 2, then
+# --stage 4, skips step 3). Every step resumes where it stopped when run again (each run.sh
 # stage skips itself when its .done marker exists); --stage/--stop-stage pick steps. DIR is the folder that
 # holds LibriSpeech/train-clean-5 (openslr.org/31's train-clean-5.tar.gz, extracted).
 set -euo pipefail
 self=$(realpath "${BASH_SOURCE[0]}")
 
-ls_dir='' an4=() workers=1 stage=1 stop_stage=3 data='' ls_data='' exp_dir=''
-usage() { sed -n '4,5p' "$self" | sed 's/^# \{0,2\}//'; }
+ls_dir='' an4=() workers=1 stage=1 stop_stage=5 data='' ls_data='' exp_dir=''
+usage() { sed -n '5,6p' "$self" | sed 's/^# \{0,2\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) data=${2:?--data needs a folder}; shift 2 ;;
@@ -27,8 +35,8 @@ while [ $# -gt 0 ]; do
     --librispeech-dir) ls_dir=${2:?--librispeech-dir needs a folder}; shift 2 ;;
     --an4-dir) an4=(--an4-dir "${2:?--an4-dir needs a folder}"); shift 2 ;;
     --workers) workers=${2:?--workers needs a number}; shift 2 ;;
-    --stage) stage=${2:?--stage needs 1, 2 or 3}; shift 2 ;;
-    --stop-stage) stop_stage=${2:?--stop-stage needs 1, 2 or 3}; shift 2 ;;
+    --stage) stage=${2:?--stage needs 1-5}; shift 2 ;;
+    --stop-stage) stop_stage=${2:?--stop-stage needs 1-5}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_best.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -46,6 +54,16 @@ data=${data:-$PWD/data} ls_data=${ls_data:-$(realpath -m ../librispeech/data)} e
 ctc=$exp_dir/conformer_ctc_cpu
 joint=$exp_dir/conformer_ctc_char_init_an4_ls
 transducer=$exp_dir/conformer_transducer_init_ls
+ls_transducer=$exp_dir/conformer_transducer_init_an4_ls
+finetuned=$exp_dir/conformer_transducer_ft_ls
+need_ls() {
+  if [ -z "$ls_dir" ]; then
+    echo "run_best.sh: step $1 trains on Mini LibriSpeech: pass --librispeech-dir DIR (the folder holding" \
+         "LibriSpeech/train-clean-5, from openslr.org/31)" >&2
+    exit 2
+  fi
+}
+need() { [ -f "$1" ] || { echo "run_best.sh: $1 missing: run step $2 first" >&2; exit 2; }; }
 
 if step 1; then
   log 1 "AN4 Conformer-CTC -> $ctc"
@@ -53,12 +71,8 @@ if step 1; then
     --stop-stage 2 --workers "$workers"
 fi
 if step 2; then
-  if [ -z "$ls_dir" ]; then
-    echo "run_best.sh: step 2 trains on Mini LibriSpeech: pass --librispeech-dir DIR (the folder holding" \
-         "LibriSpeech/train-clean-5, from openslr.org/31)" >&2
-    exit 2
-  fi
-  [ -f "$ctc/best.pt" ] || { echo "run_best.sh: $ctc/best.pt missing: run step 1 first" >&2; exit 2; }
+  need_ls 2
+  need "$ctc/best.pt" 1
   log 2 "Mini LibriSpeech + AN4 Conformer-CTC from $ctc/best.pt -> $joint"
   (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
     --model deepspeech2 --conf conf/conformer_ctc_char_init_cpu.toml --data "$ls_data" --exp "$joint" \
@@ -67,10 +81,31 @@ if step 2; then
 fi
 if step 3; then
   init=$joint/averaged-last5.pt
-  [ -f "$init" ] || { echo "run_best.sh: $init missing: run step 2 first" >&2; exit 2; }
+  need "$init" 2
   log 3 "AN4 Conformer-Transducer from $init -> $transducer"
   ./run.sh --model transducer --conf conf/conformer_transducer_init_cpu.toml --data "$data" --exp "$transducer" \
     --init "$init" --stage 2 --workers "$workers"
   asrkit evaluate "$transducer/best.pt" "$data/dev.jsonl" --greedy --report "$transducer/decode/best_greedy_dev.json" \
+    --workers "$workers"
+fi
+if step 4; then
+  need_ls 4
+  init=$joint/averaged-last5.pt
+  need "$init" 2
+  log 4 "Mini LibriSpeech + AN4 Conformer-Transducer from $init -> $ls_transducer"
+  (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
+    --model transducer --conf conf/conformer_transducer_init_cpu.toml --data "$ls_data" --exp "$ls_transducer" \
+    --extra-data "$data" --init "$init" --set train.epochs=7 --stop-stage 2 --workers "$workers")
+  if [ ! -f "$ls_transducer/averaged-last5.pt" ]; then
+    asrkit average "$ls_transducer" --last 5 --out "$ls_transducer/averaged-last5.pt"
+  fi
+fi
+if step 5; then
+  init=$ls_transducer/averaged-last5.pt
+  need "$init" 4
+  log 5 "AN4 fine-tuning of $init -> $finetuned"
+  ./run.sh --model transducer --conf conf/conformer_transducer_ft_ls_cpu.toml --data "$data" --exp "$finetuned" \
+    --init "$init" --stage 2 --workers "$workers"
+  asrkit evaluate "$finetuned/best.pt" "$data/dev.jsonl" --greedy --report "$finetuned/decode/best_greedy_dev.json" \
     --workers "$workers"
 fi
