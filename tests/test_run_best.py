@@ -108,3 +108,11 @@ def test_missing_inputs_stop_with_a_message(dirs: dict[str, Path]) -> None:
     assert out.returncode == 2 and "conformer_transducer_init_an4_ls/averaged-last5.pt missing: run step 4 first" \
         in out.stderr
     assert not d["log"].exists() or not [c for c in stub_calls(d["log"]) if c.startswith("train ")]
+
+
+def test_set_reaches_every_training(dirs: dict[str, Path]) -> None:
+    d = dirs
+    run_recipe(SCRIPT, *args(d), "--set", "train.num_workers=0", bin_dir=d["bin"])
+    trains = [c for c in stub_calls(d["log"]) if c.startswith("train ")]
+    assert len(trains) == 5 and all("--set train.num_workers=0" in c for c in trains), trains
+    assert "--set train.epochs=7 --set train.num_workers=0" in trains[3]  # step 4's own override stays

@@ -3,7 +3,7 @@
 # before, then AN4's decode and score stages. Steps 1-3 give dev 6.07% WER (greedy), steps 1, 2, 4, 5 5.20% (beam 8
 # + the fused 3-gram):
 #   ./run_best.sh --librispeech-dir DIR [--an4-dir DIR] [--data DIR] [--ls-data DIR] [--exp-dir DIR]
-#                 [--workers N] [--stage N] [--stop-stage N]
+#                 [--workers N] [--stage N] [--stop-stage N] [--set KEY=VALUE ...]
 #   1 ctc        ./run.sh: AN4 Conformer-CTC (conf/conformer_ctc_cpu.toml, 40 epochs) -> EXP/conformer_ctc_cpu
 #   2 joint      ../librispeech/run.sh: Mini LibriSpeech (train-clean-5 under DIR, 4 dev speakers held out) + AN4,
 #                Conformer-CTC with characters from 1's best.pt (../librispeech/conf/conformer_ctc_char_init_cpu.toml,
@@ -17,7 +17,9 @@
 #   5 finetune   ./run.sh: the whole of 4's averaged model fine-tuned on AN4 (conf/conformer_transducer_ft_ls_cpu.toml,
 #                10 epochs) -> EXP/conformer_transducer_ft_ls, then its LM, decode (the 3-gram fused into 8 beams,
 #                weights tuned on dev) and score stages, and a greedy decode
-# Defaults: --data data (AN4's manifests), --ls-data ../librispeech/data, --exp-dir exp (EXP), --workers 1.
+# Defaults: --data data (AN4's manifests), --ls-data ../librispeech/data, --exp-dir exp (EXP), --workers 1 (the
+# prepare and decode processes). --set goes to every training, e.g. --set train.num_workers=0: with
+# OMP_NUM_THREADS=2 on an otherwise idle 2-core machine, 1.5x faster than the confs' one loader worker.
 # On one CPU core: about 45 + 89 + 23 + 155 + 12 minutes (steps 4-5 need only step 2's output: --stop-stage 2, then
 # --stage 4, skips step 3). Every step resumes where it stopped when run again (each run.sh
 # stage skips itself when its .done marker exists); --stage/--stop-stage pick steps. DIR is the folder that
@@ -25,7 +27,7 @@
 set -euo pipefail
 self=$(realpath "${BASH_SOURCE[0]}")
 
-ls_dir='' an4=() workers=1 stage=1 stop_stage=5 data='' ls_data='' exp_dir=''
+ls_dir='' an4=() sets=() workers=1 stage=1 stop_stage=5 data='' ls_data='' exp_dir=''
 usage() { sed -n '5,6p' "$self" | sed 's/^# \{0,2\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --librispeech-dir) ls_dir=${2:?--librispeech-dir needs a folder}; shift 2 ;;
     --an4-dir) an4=(--an4-dir "${2:?--an4-dir needs a folder}"); shift 2 ;;
     --workers) workers=${2:?--workers needs a number}; shift 2 ;;
+    --set) sets+=(--set "${2:?--set needs KEY=VALUE}"); shift 2 ;;
     --stage) stage=${2:?--stage needs 1-5}; shift 2 ;;
     --stop-stage) stop_stage=${2:?--stop-stage needs 1-5}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -68,7 +71,7 @@ need() { [ -f "$1" ] || { echo "run_best.sh: $1 missing: run step $2 first" >&2;
 if step 1; then
   log 1 "AN4 Conformer-CTC -> $ctc"
   ./run.sh --model deepspeech2 --conf conf/conformer_ctc_cpu.toml --data "$data" --exp "$ctc" "${an4[@]}" \
-    --stop-stage 2 --workers "$workers"
+    --stop-stage 2 --workers "$workers" "${sets[@]}"
 fi
 if step 2; then
   need_ls 2
@@ -76,7 +79,7 @@ if step 2; then
   log 2 "Mini LibriSpeech + AN4 Conformer-CTC from $ctc/best.pt -> $joint"
   (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
     --model deepspeech2 --conf conf/conformer_ctc_char_init_cpu.toml --data "$ls_data" --exp "$joint" \
-    --extra-data "$data" --init "$ctc/best.pt" --stop-stage 2 --workers "$workers")
+    --extra-data "$data" --init "$ctc/best.pt" --stop-stage 2 --workers "$workers" "${sets[@]}")
   if [ ! -f "$joint/averaged-last5.pt" ]; then asrkit average "$joint" --last 5 --out "$joint/averaged-last5.pt"; fi
 fi
 if step 3; then
@@ -84,7 +87,7 @@ if step 3; then
   need "$init" 2
   log 3 "AN4 Conformer-Transducer from $init -> $transducer"
   ./run.sh --model transducer --conf conf/conformer_transducer_init_cpu.toml --data "$data" --exp "$transducer" \
-    --init "$init" --stage 2 --workers "$workers"
+    --init "$init" --stage 2 --workers "$workers" "${sets[@]}"
   asrkit evaluate "$transducer/best.pt" "$data/dev.jsonl" --greedy --report "$transducer/decode/best_greedy_dev.json" \
     --workers "$workers"
 fi
@@ -95,7 +98,7 @@ if step 4; then
   log 4 "Mini LibriSpeech + AN4 Conformer-Transducer from $init -> $ls_transducer"
   (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
     --model transducer --conf conf/conformer_transducer_init_cpu.toml --data "$ls_data" --exp "$ls_transducer" \
-    --extra-data "$data" --init "$init" --set train.epochs=7 --stop-stage 2 --workers "$workers")
+    --extra-data "$data" --init "$init" --set train.epochs=7 --stop-stage 2 --workers "$workers" "${sets[@]}")
   if [ ! -f "$ls_transducer/averaged-last5.pt" ]; then
     asrkit average "$ls_transducer" --last 5 --out "$ls_transducer/averaged-last5.pt"
   fi
@@ -105,7 +108,7 @@ if step 5; then
   need "$init" 4
   log 5 "AN4 fine-tuning of $init -> $finetuned"
   ./run.sh --model transducer --conf conf/conformer_transducer_ft_ls_cpu.toml --data "$data" --exp "$finetuned" \
-    --init "$init" --stage 2 --workers "$workers"
+    --init "$init" --stage 2 --workers "$workers" "${sets[@]}"
   asrkit evaluate "$finetuned/best.pt" "$data/dev.jsonl" --greedy --report "$finetuned/decode/best_greedy_dev.json" \
     --workers "$workers"
 fi
