@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_reliability import _train_cmd, make_data
+from test_reliability import TINY, _train_cmd, make_data
 
 from asrkit.cli import EXIT_INTERRUPTED
 from asrkit.stop import StopSignals
@@ -138,9 +138,7 @@ def test_train_without_a_signal_reports_no_stop(tmp_path: Path, default_handlers
     from asrkit.config import build_config
     from asrkit.train import fit
 
-    cfg = build_config({"model": {"conv_layers": 1, "conv_channels": 4, "rnn_layers": 1, "rnn_hidden": 16},
-                        "features": {"n_mels": 40, "spec_augment": False},
-                        "train": {"epochs": 1, "max_steps": 2, "batch_seconds": 0.7, "num_workers": 0}})
+    cfg = build_config({**TINY, "train": {**TINY["train"], "max_steps": 2}})
     result = fit(cfg, make_data(tmp_path), tmp_path / "exp", progress=False)
     assert result.stopped_by is None and result.steps == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back

@@ -68,6 +68,25 @@ need_ls() {
 }
 need() { [ -f "$1" ] || { echo "run_best.sh: $1 missing: run step $2 first" >&2; exit 2; }; }
 
+# on_librispeech MODEL CONF EXP INIT [OPTION...]: ../librispeech/run.sh's training on Mini LibriSpeech + AN4
+# from INIT -> EXP, then the mean of EXP's last 5 epochs (EXP/averaged-last5.pt)
+on_librispeech() {
+  local model=$1 conf=$2 exp=$3 init=$4; shift 4
+  (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
+    --model "$model" --conf "$conf" --data "$ls_data" --exp "$exp" --extra-data "$data" --init "$init" "$@" \
+    --stop-stage 2 --workers "$workers" "${sets[@]}")
+  if [ ! -f "$exp/averaged-last5.pt" ]; then asrkit average "$exp" --last 5 --out "$exp/averaged-last5.pt"; fi
+}
+# an4_transducer CONF EXP INIT: ./run.sh's AN4 transducer training from INIT -> EXP, its LM, decode and score
+# stages, and a greedy decode of EXP/best.pt
+an4_transducer() {
+  local conf=$1 exp=$2 init=$3
+  ./run.sh --model transducer --conf "$conf" --data "$data" --exp "$exp" --init "$init" --stage 2 \
+    --workers "$workers" "${sets[@]}"
+  asrkit evaluate "$exp/best.pt" "$data/dev.jsonl" --greedy --report "$exp/decode/best_greedy_dev.json" \
+    --workers "$workers"
+}
+
 if step 1; then
   log 1 "AN4 Conformer-CTC -> $ctc"
   ./run.sh --model deepspeech2 --conf conf/conformer_ctc_cpu.toml --data "$data" --exp "$ctc" "${an4[@]}" \
@@ -77,38 +96,24 @@ if step 2; then
   need_ls 2
   need "$ctc/best.pt" 1
   log 2 "Mini LibriSpeech + AN4 Conformer-CTC from $ctc/best.pt -> $joint"
-  (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
-    --model deepspeech2 --conf conf/conformer_ctc_char_init_cpu.toml --data "$ls_data" --exp "$joint" \
-    --extra-data "$data" --init "$ctc/best.pt" --stop-stage 2 --workers "$workers" "${sets[@]}")
-  if [ ! -f "$joint/averaged-last5.pt" ]; then asrkit average "$joint" --last 5 --out "$joint/averaged-last5.pt"; fi
+  on_librispeech deepspeech2 conf/conformer_ctc_char_init_cpu.toml "$joint" "$ctc/best.pt"
 fi
 if step 3; then
   init=$joint/averaged-last5.pt
   need "$init" 2
   log 3 "AN4 Conformer-Transducer from $init -> $transducer"
-  ./run.sh --model transducer --conf conf/conformer_transducer_init_cpu.toml --data "$data" --exp "$transducer" \
-    --init "$init" --stage 2 --workers "$workers" "${sets[@]}"
-  asrkit evaluate "$transducer/best.pt" "$data/dev.jsonl" --greedy --report "$transducer/decode/best_greedy_dev.json" \
-    --workers "$workers"
+  an4_transducer conf/conformer_transducer_init_cpu.toml "$transducer" "$init"
 fi
 if step 4; then
   need_ls 4
   init=$joint/averaged-last5.pt
   need "$init" 2
   log 4 "Mini LibriSpeech + AN4 Conformer-Transducer from $init -> $ls_transducer"
-  (cd ../librispeech && ./run.sh --corpus-dir "$ls_dir" --subsets train-clean-5 --dev-speakers 4640,5789,2136,3664 \
-    --model transducer --conf conf/conformer_transducer_init_cpu.toml --data "$ls_data" --exp "$ls_transducer" \
-    --extra-data "$data" --init "$init" --set train.epochs=7 --stop-stage 2 --workers "$workers" "${sets[@]}")
-  if [ ! -f "$ls_transducer/averaged-last5.pt" ]; then
-    asrkit average "$ls_transducer" --last 5 --out "$ls_transducer/averaged-last5.pt"
-  fi
+  on_librispeech transducer conf/conformer_transducer_init_cpu.toml "$ls_transducer" "$init" --set train.epochs=7
 fi
 if step 5; then
   init=$ls_transducer/averaged-last5.pt
   need "$init" 4
   log 5 "AN4 fine-tuning of $init -> $finetuned"
-  ./run.sh --model transducer --conf conf/conformer_transducer_ft_ls_cpu.toml --data "$data" --exp "$finetuned" \
-    --init "$init" --stage 2 --workers "$workers" "${sets[@]}"
-  asrkit evaluate "$finetuned/best.pt" "$data/dev.jsonl" --greedy --report "$finetuned/decode/best_greedy_dev.json" \
-    --workers "$workers"
+  an4_transducer conf/conformer_transducer_ft_ls_cpu.toml "$finetuned" "$init"
 fi
