@@ -192,19 +192,21 @@ COMBOS: dict[str, tuple[str, str, str, dict[str, dict[str, Any]]]] = {
 CHARS_PER_PIECE = 2.3  # AN4 training text under las_cpu.toml's 64-piece unigram tokenizer (measured)
 
 
-def combo_config(name: str) -> Any:
+def combo_config(name: str, sets: list[str] | None = None) -> Any:
     """The Config of a combination: its recipe conf with the combination's overrides (an empty [encoder] = the
-    Conformer of conformer_ctc_cpu.toml). Keys the config no longer has (search settings moved elsewhere) are
-    dropped: a training step does not read them."""
+    Conformer of conformer_ctc_cpu.toml), then --set's KEY=VALUE (e.g. encoder.subsampling=8). Keys the config no
+    longer has (search settings moved elsewhere) are dropped: a training step does not read them."""
     import dataclasses
     import tomllib
 
-    from asrkit.config import Config, build_config
+    from asrkit.config import Config, build_config, parse_sets
 
     data = tomllib.loads((CONF / COMBOS[name][2]).read_text())
     for section, values in COMBOS[name][3].items():
         if section == "encoder" and not values:
             values = tomllib.loads((CONF / "conformer_ctc_cpu.toml").read_text())["encoder"]
+        data[section] = {**data.get(section, {}), **values}
+    for section, values in parse_sets(sets or []).items():
         data[section] = {**data.get(section, {}), **values}
     defaults = Config()
     known = {s: {f.name for f in dataclasses.fields(getattr(defaults, s))} for s in data if hasattr(defaults, s)}
@@ -297,7 +299,7 @@ def run_combo(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from asrkit.models import build_model
 
-    cfg = combo_config(name)
+    cfg = combo_config(name, args.sets)
     char = cfg.tokenizer.kind == "char"
     vocab = 28 if char else cfg.tokenizer.vocab_size + 1  # AN4: blank + a-z + space; pieces + blank
     tokens = args.chars if char else round(args.chars / CHARS_PER_PIECE)
@@ -356,6 +358,8 @@ def matrix(args: argparse.Namespace) -> None:
     print(f"# CPU: {cpu_model()}, {cores} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()} kernels); {time.perf_counter() - began:.0f} s in all; "
           f"load average {load:.1f} before it{' (busy cores: lower figures)' if load > 0.5 else ''}")
+    if args.sets:
+        print(f"# every combination with --set {' '.join(args.sets)}")
     print(f"# matmul peak: fp32 {args.peak_size}^2 {peak32:.1f} GFLOP/s (the % peak below); {args.bf16_peak_size}^2: "
           f"bf16 {peak16:.2f} GFLOP/s ({seconds16:.2f} s a product), fp32 {same32:.1f} GFLOP/s: bf16 "
           f"{same32 / peak16:.0f}x slower")
@@ -415,7 +419,8 @@ def main() -> None:
                         help="torch CPU threads (0: the trainer's choice, the cores less one per loader worker; "
                              "--matrix: all cores)")
     parser.add_argument("--json", type=Path, help="append the figures to this file as one JSON line")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="more config: model.rnn_hidden=512")
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="more config: model.rnn_hidden=512 (with --matrix: on top of every combination's conf)")
     matrix_args = parser.add_argument_group("--matrix: every encoder x objective, bare steps on the CPU")
     matrix_args.add_argument("--matrix", action="store_true",
                              help="params, fp32 audio s/s, FLOP/s against the matmul peak, bf16 vs fp32 per "

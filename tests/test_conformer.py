@@ -138,3 +138,18 @@ def test_sections_the_model_uses_load() -> None:
     cfg = load_config(None, ["encoder.preset=cpu", "encoder.layers=2", "model.family=transducer",
                              "transducer.joint_dim=64"])
     assert cfg.encoder.kind == "conformer" and cfg.transducer.joint_dim == 64
+
+
+def test_throughput_bench_applies_set_to_every_combination() -> None:
+    """bench/train_throughput.py --matrix --set encoder.subsampling=8 measures the /8 Conformer, not the recipe's /4."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.combo_config("conformer-ctc").encoder.subsampling == 4
+    cfg = bench.combo_config("conformer-transducer", ["encoder.subsampling=8", "train.lr=0.002"])
+    assert (cfg.encoder.subsampling, cfg.train.lr, cfg.encoder.kind) == (8, 0.002, "conformer")
