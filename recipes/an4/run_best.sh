@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The best AN4 models so far (recipes/an4/RESULTS.md) in one command: trainings each started (--init) from the one
-# before, then AN4's decode and score stages. Steps 1-3 give dev 6.07% WER (greedy), steps 1, 2, 4, 5 5.20% (beam 8
-# + the fused 3-gram):
+# before, then AN4's decode and score stages. Steps 1-3 give dev 6.07% WER greedy, 5.20% beam 8 + the fused 3-gram (88
+# min in all on 2 idle cores, see below), steps 1, 2, 4, 5 also 5.20% with the 3-gram (7.23% greedy):
 #   ./run_best.sh --librispeech-dir DIR [--an4-dir DIR] [--data DIR] [--ls-data DIR] [--exp-dir DIR]
 #                 [--workers N] [--stage N] [--stop-stage N] [--set KEY=VALUE ...]
 #   1 ctc        ./run.sh: AN4 Conformer-CTC (conf/conformer_ctc_cpu.toml, 40 epochs) -> EXP/conformer_ctc_cpu
@@ -19,11 +19,11 @@
 #                weights tuned on dev) and score stages, and a greedy decode
 # Defaults: --data data (AN4's manifests), --ls-data ../librispeech/data, --exp-dir exp (EXP), --workers 1 (the
 # prepare and decode processes). --set goes to every training, e.g. --set train.num_workers=0: with
-# OMP_NUM_THREADS=2 on an otherwise idle 2-core machine, 1.5x faster than the confs' one loader worker.
-# On one CPU core: about 45 + 89 + 23 + 155 + 12 minutes (steps 4-5 need only step 2's output: --stop-stage 2, then
-# --stage 4, skips step 3). Every step resumes where it stopped when run again (each run.sh
-# stage skips itself when its .done marker exists); --stage/--stop-stage pick steps. DIR is the folder that
-# holds LibriSpeech/train-clean-5 (openslr.org/31's train-clean-5.tar.gz, extracted).
+# OMP_NUM_THREADS=2 on an otherwise idle 2-core machine, 1.5x faster than the confs' one loader worker: steps 1-3
+# then take 18 + 56 + 14 minutes. On one CPU core beside another training: about 45 + 89 + 23 + 155 + 12 minutes
+# (steps 4-5 need only step 2's output: --stop-stage 2, then --stage 4, skips step 3). Every step resumes where it
+# stopped when run again (each run.sh stage skips itself when its .done marker exists); --stage/--stop-stage pick
+# steps. DIR is the folder that holds LibriSpeech/train-clean-5 (openslr.org/31's train-clean-5.tar.gz, extracted).
 set -euo pipefail
 self=$(realpath "${BASH_SOURCE[0]}")
 
