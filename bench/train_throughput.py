@@ -194,8 +194,9 @@ CHARS_PER_PIECE = 2.3  # AN4 training text under las_cpu.toml's 64-piece unigram
 
 def combo_config(name: str, sets: list[str] | None = None) -> Any:
     """The Config of a combination: its recipe conf with the combination's overrides (an empty [encoder] = the
-    Conformer of conformer_ctc_cpu.toml), then --set's KEY=VALUE (e.g. encoder.subsampling=8). Keys the config no
-    longer has (search settings moved elsewhere) are dropped: a training step does not read them."""
+    Conformer of conformer_ctc_cpu.toml), then --set's KEY=VALUE (e.g. encoder.subsampling=8). Keys of the conf
+    that the config no longer has (search settings moved elsewhere) are dropped: a training step does not read
+    them. --set's keys are not: a misspelt one is an error, not a silently unchanged measurement."""
     import dataclasses
     import tomllib
 
@@ -206,12 +207,12 @@ def combo_config(name: str, sets: list[str] | None = None) -> Any:
         if section == "encoder" and not values:
             values = tomllib.loads((CONF / "conformer_ctc_cpu.toml").read_text())["encoder"]
         data[section] = {**data.get(section, {}), **values}
-    for section, values in parse_sets(sets or []).items():
-        data[section] = {**data.get(section, {}), **values}
     defaults = Config()
     known = {s: {f.name for f in dataclasses.fields(getattr(defaults, s))} for s in data if hasattr(defaults, s)}
-    return build_config({s: {k: v for k, v in values.items() if k in known[s]} for s, values in data.items()
-                         if s in known})
+    sections = {s: {k: v for k, v in values.items() if k in known[s]} for s, values in data.items() if s in known}
+    for section, values in parse_sets(sets or []).items():
+        sections[section] = {**sections.get(section, {}), **values}
+    return build_config(sections)
 
 
 def flop_counter() -> Any:

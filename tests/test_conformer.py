@@ -153,3 +153,5 @@ def test_throughput_bench_applies_set_to_every_combination() -> None:
     assert bench.combo_config("conformer-ctc").encoder.subsampling == 4
     cfg = bench.combo_config("conformer-transducer", ["encoder.subsampling=8", "train.lr=0.002"])
     assert (cfg.encoder.subsampling, cfg.train.lr, cfg.encoder.kind) == (8, 0.002, "conformer")
+    with pytest.raises(AsrkitError, match="unknown config key encoder.subsampeling"):  # not dropped like stale keys
+        bench.combo_config("conformer-ctc", ["encoder.subsampeling=8"])
