@@ -232,7 +232,7 @@ out=; prev=
 for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
 case "$1 $2" in
   "lm build") mkdir -p "$(dirname "$out")"; touch "$out.bin" ;;
-  "tune "*) echo '{"decode": {}}' > "$out" ;;
+  "tune "*) echo '{"decode": {}}' > "${out:-$(dirname "$2")/tune.json}" ;;
   "average "*) touch "$2/averaged-best$4.pt" ;;
   "evaluate "*) echo "WER 12.50%  CER 5.00%  (2 utterances; report r.json)" ;;
 esac

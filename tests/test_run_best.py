@@ -21,8 +21,7 @@ if [ "$1" = average ] && [ -n "$out" ]; then touch "$out"; fi
 case "$1 $2" in""", 1)
 
 
-@pytest.fixture
-def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+def chain_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """The stub asrkit and AN4 manifests of test_recipes (marked prepared), Mini LibriSpeech manifests (their
     prepare stage skips too), an empty corpus folder and the experiment folder."""
     bin_dir, an4, exp, log = stub_recipe_dirs(tmp_path, monkeypatch, "yes", stub=STUB)
@@ -34,6 +33,11 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
         (ls / f"{name}.jsonl").write_text(json.dumps({"id": "a", "text": "yes"}) + "\n")
     (tmp_path / "corpus").mkdir()
     return {"bin": bin_dir, "an4": an4, "ls": ls, "corpus": tmp_path / "corpus", "exp": exp, "log": log}
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    return chain_dirs(tmp_path, monkeypatch)
 
 
 def args(d: dict[str, Path]) -> list[str]:
