@@ -31,9 +31,9 @@ class ConvFrontEnd(nn.Module):
         blocks = []
         in_ch, freq = 1, n_feats
         for kernel, stride in self.specs:
-            padding = (kernel[0] // 2, kernel[1] // 2)
+            padding = (kernel[0] // 2, kernel[1] // 2)  # applied by forward's F.pad, not by the Conv2d (see there)
             blocks.append(nn.Sequential(
-                nn.Conv2d(in_ch, channels, kernel, stride, padding, bias=False),
+                nn.Conv2d(in_ch, channels, kernel, stride, 0, bias=False),
                 nn.BatchNorm2d(channels),
                 nn.Hardtanh(0.0, relu_clip),
             ))
@@ -48,7 +48,9 @@ class ConvFrontEnd(nn.Module):
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
         for (kernel, stride), block in zip(self.specs, self.blocks, strict=True):
-            x = block(x)
+            # Zero padding as its own op: oneDNN's Conv2d backward on AVX-512 CPUs corrupts the heap when the
+            # implicit padding exceeds the input (e.g. 20 mel bins under a 41-high kernel; torch 2.14.1)
+            x = block(F.pad(x, (kernel[1] // 2, kernel[1] // 2, kernel[0] // 2, kernel[0] // 2)))
             pad = kernel[1] // 2
             lengths = torch.div(lengths + 2 * pad - kernel[1], stride[1], rounding_mode="floor") + 1
             x = x * length_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
