@@ -50,9 +50,9 @@ class ConvFrontEnd(nn.Module):
         for (kernel, stride), block in zip(self.specs, self.blocks, strict=True):
             # Zero padding as its own op: oneDNN's Conv2d backward on AVX-512 CPUs corrupts the heap when the
             # implicit padding exceeds the input (e.g. 20 mel bins under a 41-high kernel; torch 2.14.1)
-            x = block(F.pad(x, (kernel[1] // 2, kernel[1] // 2, kernel[0] // 2, kernel[0] // 2)))
-            pad = kernel[1] // 2
-            lengths = torch.div(lengths + 2 * pad - kernel[1], stride[1], rounding_mode="floor") + 1
+            pad_f, pad_t = kernel[0] // 2, kernel[1] // 2
+            x = block(F.pad(x, (pad_t, pad_t, pad_f, pad_f)))
+            lengths = torch.div(lengths + 2 * pad_t - kernel[1], stride[1], rounding_mode="floor") + 1
             x = x * length_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
         b, c, f, t = x.shape
         return x.permute(0, 3, 1, 2).reshape(b, t, c * f), lengths  # (B, T', C*F')
